@@ -1,0 +1,1 @@
+"""Haiku (JAX) checkpoints to PyTorch: loading, mapping, conversion, parity."""
