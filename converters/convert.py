@@ -1,0 +1,178 @@
+"""Haiku parameter trees -> PyTorch state_dicts (and back), with a ledger.
+
+The ledger holds conversion to account: every source leaf is used exactly once, every PyTorch
+parameter and buffer is filled exactly once, and every shape agrees. Any miss is one error listing the
+unused, unfilled and mis-shaped keys, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from perceiver_io.checkpoint_file import PlannedTensor, checkpoint_metadata, write_checkpoint
+from perceiver_io.configs import OfficialConfig
+from perceiver_io.tasks import TASKS, parse_config
+
+from .errors import MappingError
+from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
+from .mapping import Rule, task_rules
+
+HaikuTree = dict[str, dict[str, np.ndarray]]
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def expected_torch_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the PyTorch model's state_dict, from a model built on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = TASKS[task].model_type(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _leaf(checkpoint: HaikuCheckpoint, rule: Rule) -> np.ndarray | None:
+    tree = checkpoint.params if rule.collection == "params" else checkpoint.state
+    return tree.get(rule.module, {}).get(rule.name)
+
+
+def _all_leaves(checkpoint: HaikuCheckpoint) -> set[tuple[str, str]]:
+    return {
+        (collection, f"{module}/{name}")
+        for collection, tree in (("params", checkpoint.params), ("state", checkpoint.state))
+        for module, leaves in tree.items()
+        for name in leaves
+    }
+
+
+def plan_conversion(checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig) -> list[PlannedTensor]:
+    """The PyTorch tensors of `checkpoint`, checked by the ledger, each computed when it is written."""
+    rules = task_rules(task, config)
+    expected = expected_torch_shapes(task, config)
+    source = checkpoint.source or "the parameter tree"
+
+    missing = [f"{r.collection}:{r.haiku_key}" for r in rules if _leaf(checkpoint, r) is None]
+    used = {(r.collection, r.haiku_key) for r in rules}
+    unused = sorted(f"{collection}:{key}" for collection, key in _all_leaves(checkpoint) - used)
+    targets = {r.torch_key for r in rules}
+    unfilled = sorted(set(expected) - targets)
+    unknown = sorted(targets - set(expected))
+    mismatched = []
+    for rule in rules:
+        leaf = _leaf(checkpoint, rule)
+        if leaf is not None and rule.torch_key in expected:
+            want = rule.layout.haiku_shape(expected[rule.torch_key])
+            if tuple(leaf.shape) != want:
+                mismatched.append(f"{rule.haiku_key}: expected {want}, found {tuple(leaf.shape)}")
+    if missing or unused or unfilled or unknown or mismatched:
+        problems = [
+            f"{title} ({len(keys)}): {_listing(keys)}"
+            for title, keys in (
+                ("missing leaves", missing),
+                ("unused leaves", unused),
+                ("unfilled PyTorch parameters", unfilled),
+                ("rules without a PyTorch parameter", unknown),
+                ("wrong shapes", mismatched),
+            )
+            if keys
+        ]
+        raise MappingError(
+            f"{source} does not match the {task} model with this configuration:\n  "
+            + "\n  ".join(problems)
+            + "\nCheck --task, and pass --config with the model's configuration (official colab keys) "
+            "if it is not the released one."
+        )
+    return [
+        PlannedTensor(
+            rule.torch_key,
+            expected[rule.torch_key],
+            _leaf(checkpoint, rule).dtype,
+            lambda rule=rule: rule.layout.to_torch(_leaf(checkpoint, rule)),
+        )
+        for rule in rules
+    ]
+
+
+def convert_tree(
+    source: str | os.PathLike | Mapping, task: str, config: OfficialConfig | Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """A Haiku checkpoint (file or in-memory tree) as a PyTorch state_dict of numpy arrays."""
+    config = parse_config(task, config)
+    checkpoint = load_haiku_checkpoint(source)
+    return {t.name: np.ascontiguousarray(t.compute()) for t in plan_conversion(checkpoint, task, config)}
+
+
+def export_tree(
+    state_dict: Mapping[str, Any], task: str, config: OfficialConfig | Mapping[str, Any] | None = None
+) -> tuple[HaikuTree, HaikuTree]:
+    """A PyTorch state_dict (tensors or arrays) as Haiku trees `(params, state)`: the inverse of conversion."""
+    config = parse_config(task, config)
+    rules = task_rules(task, config)
+    missing = sorted({r.torch_key for r in rules} - set(state_dict))
+    unused = sorted(set(state_dict) - {r.torch_key for r in rules})
+    if missing or unused:
+        raise MappingError(
+            f"the state_dict does not match the {task} model: missing {_listing(missing)}; unused {_listing(unused)}"
+        )
+    trees: dict[str, HaikuTree] = {"params": {}, "state": {}}
+    for rule in rules:
+        value = state_dict[rule.torch_key]
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        trees[rule.collection].setdefault(rule.module, {})[rule.name] = np.ascontiguousarray(
+            rule.layout.to_haiku(array)
+        )
+    return trees["params"], trees["state"]
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    task: str
+    output: Path
+    num_leaves: int
+    num_parameters: int
+    seconds: float
+    source_sha256: str | None
+
+
+def convert_checkpoint(
+    source: str | os.PathLike | Mapping,
+    output: str | os.PathLike,
+    task: str,
+    config: OfficialConfig | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """Converts a Haiku checkpoint to a safetensors file that `perceiver_io.load` rebuilds alone.
+
+    The file carries the task, the configuration (official keys) and the source's sha256. It is
+    written atomically; an existing `output` is kept unless `overwrite`.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --force to replace it")
+    config = parse_config(task, config)
+    checkpoint = load_haiku_checkpoint(source)
+    tensors = plan_conversion(checkpoint, task, config)
+    metadata = checkpoint_metadata(task, config.to_json())
+    if checkpoint.sha256:
+        metadata["source_sha256"] = checkpoint.sha256
+    if checkpoint.source:
+        metadata["source_file"] = Path(checkpoint.source).name
+    write_checkpoint(output, tensors, metadata, overwrite)
+    return ConversionReport(
+        task=task,
+        output=output,
+        num_leaves=len(tensors),
+        num_parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in tensors),
+        seconds=time.perf_counter() - start,
+        source_sha256=checkpoint.sha256,
+    )

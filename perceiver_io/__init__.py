@@ -1,0 +1,29 @@
+"""A faithful PyTorch port of DeepMind's Perceiver IO.
+
+Imports are lazy, so that `import perceiver_io.tokenizer` (or the converter's torch-free paths) does not
+pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load": "perceiver_io.serialization",
+    "save": "perceiver_io.serialization",
+    "build_model": "perceiver_io.tasks",
+    "TASKS": "perceiver_io.tasks",
+    "LanguagePerceiver": "perceiver_io.tasks",
+    "LanguageConfig": "perceiver_io.configs",
+    "LANGUAGE_MLM": "perceiver_io.configs",
+    "BytesTokenizer": "perceiver_io.tokenizer",
+    "fill_mask": "perceiver_io.pipelines",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'perceiver_io' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

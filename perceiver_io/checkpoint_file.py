@@ -1,0 +1,144 @@
+"""The converted checkpoint file: safetensors with the model's task and configuration in its header.
+
+Torch-free (numpy only), so conversion does not pay for importing torch. Tensors are written one at a
+time as they are produced, so a conversion never holds two full copies of the weights, and the file
+appears atomically: it is written under a temporary name in the same folder, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+FORMAT_NAME = "perceiver_io"
+FORMAT_VERSION = "1"
+
+_DTYPES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+class CheckpointFileError(ValueError):
+    """A converted checkpoint file is missing, unreadable or not of this project's format."""
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """A tensor to be written: its name, shape and dtype, known before its values are computed."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    compute: Callable[[], np.ndarray]
+
+
+def checkpoint_metadata(task: str, config_json: str, **extra: str) -> dict[str, str]:
+    """The header metadata every converted file carries: format, task, configuration (official keys)."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "task": task, "config": config_json, **extra}
+
+
+def _header(tensors: list[PlannedTensor], metadata: dict[str, str]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for tensor in tensors:
+        dtype = np.dtype(tensor.dtype)
+        if dtype not in _DTYPES:
+            raise CheckpointFileError(f"tensor {tensor.name!r}: dtype {dtype} cannot be stored in safetensors")
+        size = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
+        entries[tensor.name] = {
+            "dtype": _DTYPES[dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    return header + b" " * (-len(header) % 8)
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    tensors: Iterable[PlannedTensor],
+    metadata: dict[str, str],
+    overwrite: bool = False,
+) -> Path:
+    """Writes `tensors` to a safetensors file at `path`, atomically.
+
+    An existing file is kept (FileExistsError) unless `overwrite`. If anything fails, no file is left
+    behind, neither the output nor the temporary one.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--force) to replace it")
+    tensors = list(tensors)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise CheckpointFileError(f"tensor names written twice: {duplicated}")
+    header = _header(tensors, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            for tensor in tensors:
+                array = np.ascontiguousarray(tensor.compute())
+                if array.shape != tuple(tensor.shape) or array.dtype != np.dtype(tensor.dtype):
+                    raise CheckpointFileError(
+                        f"tensor {tensor.name!r}: planned {tuple(tensor.shape)} {np.dtype(tensor.dtype)}, "
+                        f"computed {array.shape} {array.dtype}"
+                    )
+                out.write(memoryview(array).cast("B"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a converted file, checked to be of this project's format."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CheckpointFileError(f"{path} is too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", raw)
+            if length > 100_000_000:
+                raise CheckpointFileError(f"{path}: header length {length} is not plausible; not a safetensors file")
+            header = f.read(length)
+        if len(header) < length:
+            raise CheckpointFileError(f"{path} is truncated: its header is cut off")
+        metadata = json.loads(header).get("__metadata__") or {}
+    except FileNotFoundError:
+        raise CheckpointFileError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise CheckpointFileError(f"{path} is not a safetensors file (unreadable header)") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointFileError(
+            f"{path} is a safetensors file without this project's metadata (format={metadata.get('format')!r}); "
+            "convert the original Haiku checkpoint with `convert-checkpoint`"
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointFileError(
+            f"{path} has format version {metadata.get('format_version')!r}; this version reads {FORMAT_VERSION!r}"
+        )
+    return metadata

@@ -1,0 +1,157 @@
+"""The conversion engine and `convert-checkpoint` on good and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from converters.cli import main
+from converters.convert import convert_checkpoint, convert_tree, export_tree
+from converters.errors import CheckpointFormatError, MappingError, UnsafePickleError
+from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
+from perceiver_io.serialization import load
+
+from .conftest import GOLDEN
+
+
+@pytest.fixture
+def language_tree(golden_language):
+    checkpoint = load_haiku_checkpoint(golden_language.checkpoint)
+    return {module: dict(leaves) for module, leaves in checkpoint.params.items()}
+
+
+def test_round_trip_haiku_torch_haiku_is_identity(golden_language, language_tree):
+    state_dict = convert_tree(language_tree, "language_mlm", golden_language.config)
+    params, state = export_tree(state_dict, "language_mlm", golden_language.config)
+    assert state == {}
+    assert params.keys() == language_tree.keys()
+    for module, leaves in language_tree.items():
+        assert params[module].keys() == leaves.keys()
+        for name, value in leaves.items():
+            np.testing.assert_array_equal(params[module][name], value, err_msg=f"{module}/{name}")
+
+
+def test_written_file_carries_task_config_and_source_hash(golden_language, tmp_path):
+    import hashlib
+
+    from perceiver_io.checkpoint_file import read_metadata
+
+    output = tmp_path / "out.safetensors"
+    convert_checkpoint(golden_language.checkpoint, output, "language_mlm", golden_language.config)
+    metadata = read_metadata(output)
+    assert metadata["task"] == "language_mlm"
+    assert json.loads(metadata["config"])["D_MODEL"] == 32
+    assert metadata["source_sha256"] == hashlib.sha256(golden_language.checkpoint.read_bytes()).hexdigest()
+    assert metadata["source_file"] == golden_language.checkpoint.name
+    assert load(output).config.to_official() == json.loads(metadata["config"])
+
+
+def test_existing_output_is_kept_without_force(golden_language, tmp_path):
+    output = tmp_path / "out.safetensors"
+    output.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--force"):
+        convert_checkpoint(golden_language.checkpoint, output, "language_mlm", golden_language.config)
+    assert output.read_bytes() == b"precious"
+    convert_checkpoint(golden_language.checkpoint, output, "language_mlm", golden_language.config, overwrite=True)
+    assert load(output) is not None
+
+
+def _assert_nothing_written(folder):
+    assert sorted(os.listdir(folder)) == ["src"], sorted(os.listdir(folder))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "src").mkdir()
+    return tmp_path
+
+
+def _convert_cli(source, workdir, golden_language, capsys, *extra):
+    config = workdir / "src" / "config.json"
+    config.write_text(json.dumps(golden_language.config))
+    code = main([str(source), "-o", str(workdir / "out.safetensors"), "--task", "language_mlm",
+                 "--config", str(config), *extra])
+    return code, capsys.readouterr()
+
+
+def test_cli_converts(golden_language, workdir, capsys):
+    code, printed = _convert_cli(golden_language.checkpoint, workdir, golden_language, capsys)
+    assert code == 0, printed.err
+    assert "70,822 parameters" in printed.out
+    assert (workdir / "out.safetensors").exists()
+
+
+def test_truncated_file(golden_language, workdir, capsys):
+    source = workdir / "src" / "truncated.pickle"
+    data = golden_language.checkpoint.read_bytes()
+    source.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointFormatError, match="truncated.pickle"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2 and "truncated.pickle" in printed.err
+    assert not (workdir / "out.safetensors").exists()
+
+
+class _RunsShell:
+    def __reduce__(self):
+        return (os.system, ("echo owned > owned.txt",))
+
+
+def test_pickle_that_calls_os_system_is_refused(golden_language, workdir, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    source = workdir / "src" / "evil.pickle"
+    source.write_bytes(pickle.dumps({"embed": {"embeddings": _RunsShell()}}))
+    with pytest.raises(UnsafePickleError, match="system"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2 and "system" in printed.err
+    assert not (workdir / "owned.txt").exists()
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_wrong_task_for_the_file(golden_language, workdir, capsys):
+    source = GOLDEN / "imagenet_learned" / "imagenet_learned_position_encoding.pystate"
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2
+    assert "missing leaves" in printed.err and "unused leaves" in printed.err and "--task" in printed.err
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_missing_leaf(golden_language, language_tree, workdir, capsys):
+    del language_tree["perceiver_encoder/~/self_attention_1/mlp/linear"]["w"]
+    source = workdir / "src" / "missing.pickle"
+    save_haiku_pickle(source, language_tree)
+    with pytest.raises(MappingError, match=r"missing leaves \(1\): params:perceiver_encoder/~/self_attention_1/mlp/linear/w"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2 and "self_attention_1/mlp/linear/w" in printed.err
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_wrong_shape(golden_language, language_tree, workdir, capsys):
+    language_tree["basic_decoder/cross_attention/attention/linear_3"]["w"] = np.zeros((32, 33), np.float32)
+    source = workdir / "src" / "shape.pickle"
+    save_haiku_pickle(source, language_tree)
+    with pytest.raises(MappingError, match=r"linear_3/w: expected \(32, 32\), found \(32, 33\)"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2 and "found (32, 33)" in printed.err
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_released_config_is_refused_for_a_reduced_checkpoint(golden_language, workdir, capsys):
+    code = main([str(golden_language.checkpoint), "-o", str(workdir / "out.safetensors"), "--task", "language_mlm"])
+    assert code == 2 and "wrong shapes" in capsys.readouterr().err
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_bad_config_file(golden_language, workdir, capsys):
+    config = workdir / "src" / "config.json"
+    config.write_text(json.dumps({**golden_language.config, "D_MODLE": 3}))
+    code = main([str(golden_language.checkpoint), "-o", str(workdir / "out.safetensors"), "--task", "language_mlm",
+                 "--config", str(config)])
+    assert code == 2 and "unknown keys ['D_MODLE']" in capsys.readouterr().err
