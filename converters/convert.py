@@ -17,7 +17,7 @@ import numpy as np
 
 from perceiver_io.checkpoint_file import PlannedTensor, checkpoint_metadata, write_checkpoint
 from perceiver_io.configs import OfficialConfig
-from perceiver_io.tasks import TASKS, parse_config
+from perceiver_io.tasks import build_model, parse_config
 
 from .errors import MappingError
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
@@ -36,7 +36,7 @@ def expected_torch_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[
     import torch
 
     with torch.device("meta"):
-        model = TASKS[task].model_type(config)
+        model = build_model(task, config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 

@@ -121,7 +121,8 @@ def layer_norm(channels: int) -> nn.LayerNorm:
 class SelfAttention(nn.Module):
     """Pre-LN self-attention and MLP, each with a residual (official `SelfAttention`); [B,T,C] -> [B,T,C].
 
-    qk_channels defaults to C, v_channels to qk_channels; the output has C channels.
+    qk_channels defaults to C and v_channels to qk_channels. As in the official code, the attention
+    projects to v_channels and is added to its input, so v_channels must equal C.
     """
 
     def __init__(
@@ -137,6 +138,12 @@ class SelfAttention(nn.Module):
         super().__init__()
         qk_channels = qk_channels or channels
         v_channels = v_channels or qk_channels
+        if v_channels != channels:
+            raise ValueError(
+                f"self-attention over {channels} channels needs v_channels == {channels} (the official "
+                f"SelfAttention adds its {v_channels}-channel attention output to its input); got qk_channels="
+                f"{qk_channels}, v_channels={v_channels}"
+            )
         self.attention_norm = layer_norm(channels)
         self.attention = Attention(
             channels, channels, qk_channels, v_channels, channels, num_heads, dropout_attn_prob

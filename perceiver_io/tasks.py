@@ -92,4 +92,10 @@ def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = 
 
 def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> nn.Module:
     """A freshly initialised model of `task` (the released configuration unless `config` is given)."""
-    return get_task(task).model_type(parse_config(task, config))
+    config = parse_config(task, config)
+    try:
+        return get_task(task).model_type(config)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"invalid {task} configuration: {error}") from error

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perceiver_io.attention import Attention, CrossAttention, attend, make_cross_attention_mask
+from perceiver_io.attention import Attention, CrossAttention, SelfAttention, attend, make_cross_attention_mask
 
 
 def official_attend(q, k, v, mask):
@@ -68,3 +68,10 @@ def test_cross_attention_channel_defaults_follow_kv_then_q():
     assert block.attention.output_proj.weight.shape == (12, 20)  # the output has the query width
     block_q = CrossAttention(q_channels=12, kv_channels=20, num_heads=2, shape_for_attn="q")
     assert block_q.attention.query_proj.weight.shape == (12, 12)
+
+
+def test_self_attention_refuses_a_value_width_the_official_code_cannot_add():
+    import pytest
+
+    with pytest.raises(ValueError, match="v_channels == 8"):
+        SelfAttention(8, num_heads=2, qk_channels=4)
