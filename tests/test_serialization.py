@@ -1,0 +1,73 @@
+"""Loading converted files: the model comes back from the file alone; foreign or damaged files are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from converters.convert import convert_checkpoint
+from perceiver_io.checkpoint_file import CheckpointFileError
+from perceiver_io.pipelines import fill_mask
+from perceiver_io.serialization import load, save
+from perceiver_io.tokenizer import NUM_SPECIAL_TOKENS, BytesTokenizer
+
+
+@pytest.fixture(scope="module")
+def converted_path(golden_language, tmp_path_factory):
+    path = tmp_path_factory.mktemp("converted") / "language.safetensors"
+    convert_checkpoint(golden_language.checkpoint, path, "language_mlm", golden_language.config)
+    return path
+
+
+def test_save_and_load_round_trip(converted_path, tmp_path):
+    model = load(converted_path)
+    with torch.no_grad():
+        model.embedding_decoder.bias.add_(1.0)  # as if fine-tuned
+    save(model, tmp_path / "tuned.safetensors")
+    again = load(tmp_path / "tuned.safetensors")
+    for (key, ours), (_, theirs) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(ours, theirs), key
+    with pytest.raises(FileExistsError):
+        save(model, tmp_path / "tuned.safetensors")
+
+
+def test_load_casts_dtype(converted_path):
+    model = load(converted_path, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": np.zeros(3, np.float32)}, path)
+    with pytest.raises(CheckpointFileError, match="without this project's metadata"):
+        load(path)
+
+
+def test_truncated_and_missing_files_are_refused(converted_path, tmp_path):
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(converted_path.read_bytes()[:100])
+    with pytest.raises(CheckpointFileError, match="cut.safetensors"):
+        load(truncated)
+    with pytest.raises(CheckpointFileError, match="does not exist"):
+        load(tmp_path / "absent.safetensors")
+
+
+def test_fill_mask_fills_each_marker_with_the_models_best_byte(converted_path):
+    model = load(converted_path)
+    text = "Perceiver [MASK][MASK] bytes"
+    filled = fill_mask(model, text)
+    prefix, suffix = "Perceiver ", " bytes"
+    assert filled.startswith(prefix) and filled.endswith(suffix)
+
+    tokenizer = BytesTokenizer()
+    ids = np.concatenate([tokenizer.encode(prefix), [3, 3], tokenizer.encode(suffix)]).astype(np.int32)
+    ids, mask = tokenizer.pad(ids, model.config.max_seq_len)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(ids)[None], torch.from_numpy(mask)[None])[0]
+    best = logits[len(prefix): len(prefix) + 2, NUM_SPECIAL_TOKENS:].argmax(-1) + NUM_SPECIAL_TOKENS
+    expected = tokenizer.decode(np.concatenate([tokenizer.encode(prefix), best.numpy(), tokenizer.encode(suffix)]))
+    assert filled == expected
+    with pytest.raises(ValueError, match="no '\\[MASK\\]'"):
+        fill_mask(model, "nothing to fill")
