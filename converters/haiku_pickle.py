@@ -1,0 +1,620 @@
+"""Released Haiku checkpoints in and out, without jax or haiku, and without running code from the file.
+
+What `load_haiku_checkpoint` accepts. A file's format is read from its first bytes, never from its name,
+so `.pickle`, `.pystate`, `.pkl` or any other name works alike:
+
+- **Pickle** (the released `.pickle` / `.pystate` files). Nested Haiku `FlatMapping`s (pickled as
+  `haiku._src.data_structures.FlatMapping(dict)`) or plain dicts of numpy arrays. The payload is either
+  bare params `{module_path: {leaf_name: array}}` (language, flow, video) or
+  `{'params': ..., 'state': ...}` (the ImageNet files). Binary pickles only (protocol 3 to 5, what
+  Python 3 writes); every released checkpoint is protocol 3.
+- **npz** (`numpy.savez`, read with `allow_pickle=False`). Every key is
+  `params/<module_path>/<leaf_name>` or `state/<module_path>/<leaf_name>`, where the leaf name is the
+  part after the last `/`; `save_haiku_npz` writes this layout. A key without one of the two prefixes
+  is an error rather than a guess, so a module can never be mistaken for the state.
+- **A tree in memory**, e.g. the output of `hk.transform(f).init(...)`, in either of the two shapes
+  above. Leaves may be jax arrays; they become numpy arrays through `np.asarray`.
+
+Safety: the pickle is read by an unpickler whose `find_class` resolves only the globals in
+`_ALLOWED_GLOBALS` (Haiku's `FlatMapping`, which becomes a plain `dict`, and numpy's array, dtype and
+scalar reconstructors). Any other global raises `UnsafePickleError` before it is resolved, so nothing it
+names can run. Even the allowed names resolve to stand-ins of ours, never to numpy's objects: called or
+BUILT by a crafted file, `numpy.ndarray` and `numpy.dtype` themselves can be made to read pointers from
+the file's bytes. The stand-ins admit plain numeric dtypes and exact byte counts only, then let numpy
+build the array. One limit stays, shared with `pickle.load`: a damaged memo index makes CPython's
+unpickler allocate a huge table (MemoryError, or the OOM killer); compare `sha256` with the published one.
+
+Memory: a pickle is streamed from disk once, hashed on the way, and numpy keeps each large array in the
+buffer the unpickler read it into, so loading an 800 MB checkpoint needs about 800 MB. An npz file is
+read into memory whole before its arrays are extracted (about twice its size).
+
+`save_haiku_pickle` writes the released format (protocol 3; globals `haiku._src.data_structures
+FlatMapping`, `numpy.core.multiarray _reconstruct`, `numpy ndarray`, `numpy dtype`) opcode by opcode,
+so it needs no haiku and numpy 2's renamed `numpy._core` never reaches the file; both real
+`pickle.load` with haiku installed and `load_haiku_checkpoint` read it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import secrets
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
+
+import numpy as np
+
+from .errors import CheckpointFormatError, UnsafePickleError
+
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
+
+Tree = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class HaikuCheckpoint:
+    """A Haiku checkpoint as numpy: `{module_path: {leaf_name: array}}` for params and state.
+
+    `state` is `{}` when the source has none (every released checkpoint but the ImageNet ones).
+    `source` is the file path and `sha256` the hex digest of the file's bytes; both are None for a tree
+    that was already in memory.
+    """
+
+    params: Tree = field(repr=False)
+    state: Tree = field(repr=False)
+    source: str | None
+    sha256: str | None
+
+
+class _StandIn:
+    """What the allow-list hands the unpickler for a global: a function of ours, never the real object.
+
+    Callable (REDUCE), but no class (so no NEWOBJ), and its `__setstate__` refuses BUILD, so a file
+    cannot change it for this or any later load.
+    """
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[..., Any]):
+        self._function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self._function(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointFormatError("the pickle tries to modify one of its globals")
+
+
+def _flat_mapping_as_dict(items: Any) -> dict:
+    """Stands in for `haiku._src.data_structures.FlatMapping`, pickled as `FlatMapping(dict)`."""
+    return dict(items)
+
+
+def _ndarray_called(*args: Any) -> None:
+    raise CheckpointFormatError("the pickle calls numpy.ndarray directly; numpy's pickles only pass it to "
+                                "_reconstruct, and ndarray(shape, dtype, buffer) can read pointers from the file")
+
+
+# Stands in for `numpy.ndarray`, which numpy's reduction passes to `_reconstruct` and never calls.
+_NDARRAY = _StandIn(_ndarray_called)
+
+
+class _PickledDtype:
+    """Stands in for `numpy.dtype(spec, align, copy)` + BUILD `state`: plain numeric dtypes only.
+
+    A real dtype is never exposed to the file's BUILD: its state can add (object) fields to any dtype.
+    """
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False):
+        dtype = np.dtype(spec) if isinstance(spec, str) else None
+        if dtype is None or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+            raise CheckpointFormatError(f"the pickle holds the dtype {spec!r}; only numeric dtypes are allowed")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata]).
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and state[2:5] == (None, None, None)):
+            raise CheckpointFormatError(f"the pickle gives the numeric dtype {self.dtype} the state {state!r}")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _PickledArray:
+    """Stands in for `_reconstruct(ndarray, (0,), b'b')` + BUILD `(1, shape, dtype, is_fortran, bytes)`.
+
+    The state is checked (numeric dtype, exact byte count) before numpy's own `__setstate__` sees it,
+    which keeps large arrays in the bytes the unpickler read, without a copy. `np.asarray` gives the array.
+    """
+
+    __slots__ = ("_array",)
+
+    def __init__(self) -> None:
+        self._array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise CheckpointFormatError("the pickle gives an array a state that is not numpy's (1, shape, dtype, "
+                                        "is_fortran, bytes)")
+        _, shape, dtype, is_fortran, data = state
+        dtype = _checked_dtype(dtype)
+        shape = _checked_shape(shape)
+        if not isinstance(is_fortran, bool) or not isinstance(data, bytes):
+            raise CheckpointFormatError(f"the pickle gives an array of shape {shape} no raw bytes (found "
+                                        f"{type(data).__name__}); only numeric arrays are allowed")
+        _check_byte_count(data, shape, dtype)
+        array = _multiarray._reconstruct(np.ndarray, (0,), b"b")
+        array.__setstate__((1, shape, dtype, is_fortran, data))
+        self._array = array
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self._array is None:
+            raise CheckpointFormatError("the pickle creates an array but never fills it")
+        return self._array
+
+
+def _checked_dtype(dtype: Any) -> np.dtype:
+    if not isinstance(dtype, _PickledDtype):
+        raise CheckpointFormatError(f"the pickle gives an array the dtype {dtype!r}; expected a numpy dtype")
+    return dtype.dtype
+
+
+def _checked_shape(shape: Any) -> tuple[int, ...]:
+    if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CheckpointFormatError(f"the pickle gives an array the shape {shape!r}; expected a tuple of sizes")
+    return shape
+
+
+def _check_byte_count(data: bytes | bytearray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if len(data) != expected:
+        raise CheckpointFormatError(f"the pickle holds {len(data)} bytes for a {dtype} array of shape {shape}, "
+                                    f"which needs {expected}")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _PickledArray:
+    """Stands in for `numpy.core.multiarray._reconstruct`."""
+    if subtype is not _NDARRAY:
+        raise CheckpointFormatError(f"the pickle reconstructs an array of type {subtype!r}; expected numpy.ndarray")
+    return _PickledArray()
+
+
+def _scalar(dtype: Any, data: Any) -> np.ndarray:
+    """Stands in for `numpy.core.multiarray.scalar` (a numpy scalar leaf, e.g. an `np.int32` counter).
+
+    Gives a 0-d array, as the leaf would become anyway.
+    """
+    dtype = _checked_dtype(dtype)
+    if not isinstance(data, bytes):
+        raise CheckpointFormatError(f"the pickle gives a {dtype} scalar no raw bytes (found {type(data).__name__})")
+    _check_byte_count(data, (), dtype)
+    return np.frombuffer(data, dtype).reshape(()).copy()
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """Stands in for `numpy.core.numeric._frombuffer`, numpy's reduction under pickle protocol 5."""
+    dtype, shape = _checked_dtype(dtype), _checked_shape(shape)
+    if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
+        raise CheckpointFormatError(f"the pickle gives a {dtype} array of shape {shape} no raw bytes")
+    _check_byte_count(buffer, shape, dtype)
+    return np.frombuffer(buffer, dtype).reshape(shape, order=order)
+
+
+_NUMPY_PACKAGES = ("numpy.core", "numpy._core")  # numpy 1 writes the first, numpy 2 the second
+
+_ALLOWED_GLOBALS = {
+    ("haiku._src.data_structures", "FlatMapping"): _StandIn(_flat_mapping_as_dict),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _StandIn(_PickledDtype),
+    **{(f"{package}.multiarray", "_reconstruct"): _StandIn(_reconstruct) for package in _NUMPY_PACKAGES},
+    **{(f"{package}.multiarray", "scalar"): _StandIn(_scalar) for package in _NUMPY_PACKAGES},
+    **{(f"{package}.numeric", "_frombuffer"): _StandIn(_frombuffer) for package in _NUMPY_PACKAGES},
+}
+
+_EXPECTED_LAYOUT = "{module_path: {leaf_name: array}} or {'params': ..., 'state': ...}"
+
+_FOREIGN_HEADERS = {
+    b"\x1f\x8b": "it is gzip-compressed: decompress it first",
+    b"version https://git-lfs": "it is a Git LFS pointer, not the file itself: run `git lfs pull`",
+    b"\x93NUMPY": "it is a single .npy array, not a parameter tree: save the tree with save_haiku_npz",
+    b"<": "it looks like HTML or XML, probably an error page saved by a failed download",
+}
+
+
+def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoint:
+    """Reads a Haiku checkpoint (pickle or npz file, or a tree in memory) into numpy `params` and `state`.
+
+    Raises FileNotFoundError for a missing file, UnsafePickleError for a pickle that asks for a global
+    outside the allow-list, and CheckpointFormatError (naming the file) for anything else that is not a
+    two-level tree of numeric arrays: empty, truncated or foreign files, a top level that is not a
+    mapping, a module entry that is not a mapping, a leaf that is not a numeric array.
+    """
+    if isinstance(source, Mapping):
+        params, state = _split_params_and_state(source, "the in-memory Haiku tree")
+        return HaikuCheckpoint(params=params, state=state, source=None, sha256=None)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
+    path = os.fspath(source)
+    try:
+        file = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no Haiku checkpoint at {path}: check the path, or download the released file first"
+        ) from None
+    with file:
+        size = os.fstat(file.fileno()).st_size
+        if size == 0:
+            raise CheckpointFormatError(
+                f"{path} is empty (0 bytes): a download or save was interrupted; delete it and fetch it again"
+            )
+        head = file.peek(32)[:32]
+        if head.startswith(b"PK"):
+            data = file.read()
+            sha256 = hashlib.sha256(data).hexdigest()
+            params, state = _read_npz(data, path)
+        else:
+            _check_pickle_header(head, path)
+            reader = _HashingReader(file, size)
+            tree = _unpickle(reader, path)
+            sha256 = reader.hexdigest_of_whole_file()
+            params, state = _split_params_and_state(tree, path)
+    return HaikuCheckpoint(params=params, state=state, source=path, sha256=sha256)
+
+
+def save_haiku_pickle(
+    path: str | os.PathLike, params: Mapping, state: Mapping | None = None, *, overwrite: bool = False
+) -> None:
+    """Writes `params` (and `state`, if given) as the released checkpoints are written.
+
+    Bare params become one `FlatMapping` of `FlatMapping`s, like the language, flow and video files;
+    with `state` (even `{}`) the file holds `{'params': ..., 'state': ...}`, like the ImageNet files.
+    Leaves keep their dtype (float32 params, int32 BatchNorm `counter`). The file appears atomically;
+    an existing one is kept (FileExistsError) unless `overwrite`.
+    """
+    what = "the tree passed to save_haiku_pickle"
+    params_tree = _validated_tree(params, what, "params")
+    state_tree = None if state is None else _validated_tree(state, what, "state", allow_empty=True)
+    with _atomic_output(path, overwrite) as out:
+        _ReleasedPickleWriter(out).write(params_tree, state_tree)
+
+
+def save_haiku_npz(
+    path: str | os.PathLike, params: Mapping, state: Mapping | None = None, *, overwrite: bool = False
+) -> None:
+    """Writes `params` and `state` as an uncompressed npz with keys `params/<module>/<leaf>` and
+    `state/<module>/<leaf>` (the layout `load_haiku_checkpoint` reads). Atomic; no overwrite unless asked."""
+    what = "the tree passed to save_haiku_npz"
+    trees = {"params": _validated_tree(params, what, "params")}
+    trees["state"] = _validated_tree(state or {}, what, "state", allow_empty=True)
+    arrays = {}
+    for part, tree in trees.items():
+        for module, leaves in tree.items():
+            for name, array in leaves.items():
+                if "/" in name:
+                    raise CheckpointFormatError(f"{what}: leaf name {name!r} in {part} module {module!r} "
+                                                "contains '/', which the npz keys use as separator")
+                arrays[f"{part}/{module}/{name}"] = array
+    with _atomic_output(path, overwrite) as out:
+        np.savez(out, **arrays)
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only `_ALLOWED_GLOBALS`; any other global is refused unresolved."""
+
+    def __init__(self, file: _HashingReader, path: str):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._path}: the pickle asks for the global {module}.{name} (module {module!r}, name {name!r}), "
+                "which is not on the allow-list (numpy arrays and Haiku FlatMapping). Loading it could run "
+                "code, so it was refused. Use only checkpoints from a trusted source; if you wrote this file, "
+                "save its parameters with numpy leaves (np.asarray) or with save_haiku_pickle."
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CheckpointFormatError(f"the pickle holds a persistent id ({pid!r}); Haiku checkpoints have none")
+
+
+class _HashingReader:
+    """The file as the unpickler reads it, hashed on the way, so every byte is read from disk once.
+
+    Reads are capped at the bytes left in the file, so a corrupt length field cannot ask for more.
+    """
+
+    def __init__(self, file: BinaryIO, size: int):
+        self._file = file
+        self.size = size
+        self._left = size
+        self._sha256 = hashlib.sha256()
+
+    def _account(self, data: bytes | memoryview) -> None:
+        self._left -= len(data)
+        self._sha256.update(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(self._left if size < 0 else min(size, self._left))
+        self._account(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = self._file.readinto(view[: self._left])
+        self._account(view[:count])
+        return count
+
+    def readline(self) -> bytes:
+        line = self._file.readline()
+        self._account(line)
+        return line
+
+    def hexdigest_of_whole_file(self) -> str:
+        """Hashes whatever follows the pickle's STOP too, and returns the digest of the whole file."""
+        while self.read(1 << 24):
+            pass
+        return self._sha256.hexdigest()
+
+
+def _check_pickle_header(head: bytes, path: str) -> None:
+    if head[:1] == b"\x80" and head[1:2] in (b"\x03", b"\x04", b"\x05"):
+        return
+    hint = next((why for prefix, why in _FOREIGN_HEADERS.items() if head.lstrip().startswith(prefix)), None)
+    raise CheckpointFormatError(
+        f"{path} is not a Haiku checkpoint: it starts with {head[:8]!r}, neither a binary pickle "
+        f"(protocol 3-5, b'\\x80\\x03'...) nor an npz archive (b'PK'); "
+        f"{hint or 'check that the path names the downloaded checkpoint'}"
+    )
+
+
+def _unpickle(reader: _HashingReader, path: str) -> Any:
+    try:
+        return _AllowListUnpickler(reader, path).load()
+    except (UnsafePickleError, OSError):
+        raise
+    except MemoryError as error:
+        raise MemoryError(
+            f"out of memory while unpickling {path} ({reader.size} bytes): the machine lacks the memory for "
+            "it, or the file is corrupt (a damaged memo index makes the unpickler allocate a huge table); "
+            "compare its sha256 with the published one"
+        ) from error
+    except CheckpointFormatError as error:  # from the stand-ins, which do not know the path
+        raise CheckpointFormatError(f"{path}: {error}") from None
+    except Exception as error:
+        if isinstance(error, EOFError) or "truncated" in str(error):
+            problem = ("ends before the pickle does: it is truncated (an interrupted download or save) "
+                       "or not a pickle; delete it and fetch it again")
+        else:
+            problem = "is a corrupt pickle; delete it and fetch it again"
+        raise CheckpointFormatError(f"{path} {problem} ({type(error).__name__}: {error})") from error
+
+
+def _read_npz(data: bytes, path: str) -> tuple[Tree, Tree]:
+    trees: dict[str, dict[str, dict[str, Any]]] = {"params": {}, "state": {}}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            for key in archive.files:
+                part, _, module_and_leaf = key.partition("/")
+                module, _, leaf = module_and_leaf.rpartition("/")
+                if part not in trees or not module or not leaf:
+                    raise CheckpointFormatError(
+                        f"{path}: npz key {key!r} is not 'params/<module_path>/<leaf_name>' or "
+                        "'state/<module_path>/<leaf_name>'; save the tree with save_haiku_npz"
+                    )
+                trees[part].setdefault(module, {})[leaf] = archive[key]
+    except (CheckpointFormatError, OSError, MemoryError):
+        raise
+    except Exception as error:
+        raise CheckpointFormatError(
+            f"{path} is not a readable npz archive of numeric arrays ({type(error).__name__}: {error}); "
+            "it is truncated, corrupt or holds object arrays; fetch or save it again"
+        ) from error
+    return (_validated_tree(trees["params"], path, "params"),
+            _validated_tree(trees["state"], path, "state", allow_empty=True))
+
+
+def _split_params_and_state(tree: Any, where: str) -> tuple[Tree, Tree]:
+    """Bare params, or the `{'params': ..., 'state': ...}` container, as validated (params, state)."""
+    if not isinstance(tree, Mapping):
+        raise CheckpointFormatError(
+            f"{where}: the top level is {_described(tree)}, expected a mapping {_EXPECTED_LAYOUT}"
+        )
+    if "params" not in tree and "state" not in tree:
+        return _validated_tree(tree, where, "params"), {}
+    if set(tree) - {"params", "state"} or "params" not in tree:
+        raise CheckpointFormatError(
+            f"{where}: a {{'params': ..., 'state': ...}} container must hold 'params' and may hold 'state', "
+            f"nothing else; found keys {sorted(tree, key=str)}. Pass bare params or exactly that container"
+        )
+    return (_validated_tree(tree["params"], where, "params"),
+            _validated_tree(tree.get("state", {}), where, "state", allow_empty=True))
+
+
+def _validated_tree(tree: Any, where: str, part: str, allow_empty: bool = False) -> Tree:
+    """`tree` as `{module_path: {leaf_name: ndarray}}` with numeric leaves, without copying arrays."""
+    if not isinstance(tree, Mapping):
+        raise CheckpointFormatError(
+            f"{where}: {part} is {_described(tree)}, expected a mapping {{module_path: {{leaf_name: array}}}}"
+        )
+    if not tree and not allow_empty:
+        raise CheckpointFormatError(f"{where}: {part} holds no modules; expected {_EXPECTED_LAYOUT}")
+    validated: Tree = {}
+    for module, leaves in tree.items():
+        if not isinstance(module, str) or not module:
+            raise CheckpointFormatError(
+                f"{where}: {part} has the module key {module!r}; module paths are non-empty str"
+            )
+        if not isinstance(leaves, Mapping):
+            raise CheckpointFormatError(
+                f"{where}: {part} module {module!r} is {_described(leaves)}, expected a mapping "
+                "{leaf_name: array}; a Haiku tree has exactly two levels"
+            )
+        validated[module] = {}
+        for name, leaf in leaves.items():
+            if not isinstance(name, str) or not name:
+                raise CheckpointFormatError(f"{where}: {part} module {module!r} has the leaf key {name!r}; "
+                                            "leaf names are non-empty str")
+            validated[module][name] = _validated_leaf(leaf, f"{where}: {part} leaf {module}/{name}")
+    return validated
+
+
+def _validated_leaf(leaf: Any, where: str) -> np.ndarray:
+    if not hasattr(leaf, "__array__"):
+        raise CheckpointFormatError(f"{where} is {_described(leaf)}, expected a numeric array")
+    try:
+        array = np.asarray(leaf)
+    except Exception as error:
+        raise CheckpointFormatError(f"{where} cannot be read as an array: {error}") from error
+    if array.dtype.kind not in "biufc":
+        raise CheckpointFormatError(f"{where} has dtype {array.dtype}, expected a numeric (bool, int, float) array")
+    return array
+
+
+def _described(value: Any) -> str:
+    return "an array" if hasattr(value, "__array__") else f"a {type(value).__name__}"
+
+
+@contextmanager
+def _atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[BinaryIO]:
+    """A file to write, which appears at `path` only once complete; on failure nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as open() gives it
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class _ReleasedPickleWriter:
+    """Writes a validated tree as a protocol-3 pickle of `FlatMapping`s of numpy arrays, opcode by opcode.
+
+    Each array is `_reconstruct(ndarray, (0,), b'b')` + BUILD `(1, shape, dtype, False, C-order bytes)`,
+    and each dtype `dtype(*args)` + BUILD `state`, exactly as numpy reduces them. The four globals are
+    memoized on first use; nothing else is, as no object is shared.
+    """
+
+    _FLAT_MAPPING = ("haiku._src.data_structures", "FlatMapping")
+    _RECONSTRUCT = ("numpy.core.multiarray", "_reconstruct")
+    _NDARRAY = ("numpy", "ndarray")
+    _DTYPE = ("numpy", "dtype")
+
+    def __init__(self, out: BinaryIO):
+        self._write = out.write
+        self._memo: dict[tuple[str, str], int] = {}
+
+    def write(self, params: Tree, state: Tree | None) -> None:
+        self._write(pickle.PROTO + b"\x03")
+        if state is None:
+            self._flat_mapping(params)
+        else:
+            self._write(pickle.EMPTY_DICT + pickle.MARK)
+            self._str("params")
+            self._flat_mapping(params)
+            self._str("state")
+            self._flat_mapping(state)
+            self._write(pickle.SETITEMS)
+        self._write(pickle.STOP)
+
+    def _global(self, module_and_name: tuple[str, str]) -> None:
+        if module_and_name in self._memo:
+            self._write(pickle.BINGET + bytes([self._memo[module_and_name]]))
+            return
+        self._memo[module_and_name] = len(self._memo)
+        module, name = module_and_name
+        self._write(pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii"))
+        self._write(pickle.BINPUT + bytes([self._memo[module_and_name]]))
+
+    def _flat_mapping(self, mapping: Mapping[str, Any]) -> None:
+        self._global(self._FLAT_MAPPING)
+        self._write(pickle.EMPTY_DICT)
+        if mapping:
+            self._write(pickle.MARK)
+            for key, value in mapping.items():
+                self._str(key)
+                if isinstance(value, np.ndarray):
+                    self._array(value)
+                else:
+                    self._flat_mapping(value)
+            self._write(pickle.SETITEMS)
+        self._write(pickle.TUPLE1 + pickle.REDUCE)
+
+    def _array(self, array: np.ndarray) -> None:
+        array = np.asarray(array, order="C")
+        self._global(self._RECONSTRUCT)
+        self._global(self._NDARRAY)
+        self._value((0,))
+        self._value(b"b")
+        self._write(pickle.TUPLE3 + pickle.REDUCE + pickle.MARK)
+        self._value(1)
+        self._value(tuple(int(d) for d in array.shape))
+        _, dtype_args, dtype_state = array.dtype.__reduce__()  # (numpy.dtype, args, state)
+        self._global(self._DTYPE)
+        self._value(dtype_args)
+        self._write(pickle.REDUCE)
+        self._value(dtype_state)
+        self._write(pickle.BUILD)
+        self._value(False)
+        self._bytes(array.reshape(-1).view(np.uint8))
+        self._write(pickle.TUPLE + pickle.BUILD)
+
+    def _value(self, value: Any) -> None:
+        """None, bool, int, str, bytes and tuples of them: what shapes and dtype reductions hold."""
+        if value is None:
+            self._write(pickle.NONE)
+        elif isinstance(value, bool):
+            self._write(pickle.NEWTRUE if value else pickle.NEWFALSE)
+        elif isinstance(value, int):
+            if 0 <= value < 1 << 8:
+                self._write(pickle.BININT1 + struct.pack("<B", value))
+            elif 0 <= value < 1 << 16:
+                self._write(pickle.BININT2 + struct.pack("<H", value))
+            else:
+                self._write(pickle.BININT + struct.pack("<i", value))
+        elif isinstance(value, str):
+            self._str(value)
+        elif isinstance(value, bytes):
+            self._bytes(value)
+        elif isinstance(value, tuple):
+            closing = {0: pickle.EMPTY_TUPLE, 1: pickle.TUPLE1, 2: pickle.TUPLE2, 3: pickle.TUPLE3}
+            if len(value) not in closing:
+                self._write(pickle.MARK)
+            for item in value:
+                self._value(item)
+            self._write(closing.get(len(value), pickle.TUPLE))
+        else:
+            raise TypeError(f"cannot write {type(value).__name__} {value!r} into a released-format pickle")
+
+    def _str(self, text: str) -> None:
+        encoded = text.encode("utf-8", "surrogatepass")
+        self._write(pickle.BINUNICODE + struct.pack("<I", len(encoded)) + encoded)
+
+    def _bytes(self, data: bytes | np.ndarray) -> None:
+        size = len(data)
+        if size < 1 << 8:
+            self._write(pickle.SHORT_BINBYTES + struct.pack("<B", size))
+        elif size < 1 << 32:
+            self._write(pickle.BINBYTES + struct.pack("<I", size))
+        else:
+            raise ValueError(f"a leaf of {size} bytes does not fit a protocol-3 pickle (at most 4 GiB per array)")
+        self._write(data)
