@@ -2,9 +2,13 @@
 
     convert-checkpoint SRC -o DST [--task TASK] [--config CONFIG.json] [--force]
     convert-checkpoint --example [-o DST] [--force]
+    convert-checkpoint --download --task TASK [-o DST] [--config CONFIG.json] [--force]
+    convert-checkpoint --list
 
 The second form is the project's main job on the small checkpoint that ships with it: convert, load,
-run, and print the parity against the official JAX outputs and the Haiku reference.
+run, and print the parity against the official JAX outputs and the Haiku reference. The third fetches
+the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it there.
+The fourth lists the released checkpoints and what the cache holds of them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from perceiver_io.checkpoint_file import CheckpointFileError
 from perceiver_io.configs import ConfigError
+from perceiver_io import hub
 from perceiver_io.tasks import TASKS
 
 from .convert import ConversionReport, convert_checkpoint
@@ -37,13 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
     parser.add_argument("-o", "--output", help="the safetensors file to write")
-    parser.add_argument("--task", choices=sorted(TASKS), help="which model the checkpoint holds")
+    parser.add_argument("--task", choices=list(hub.RELEASES),
+                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(sorted(TASKS))})")
     parser.add_argument("--config", help="JSON file with the model's configuration in the official colab keys "
                         "(default: the task's released configuration)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
     parser.add_argument("--example", action="store_true",
                         help="convert the small language checkpoint that ships with the project, run it, and "
                         "print its parity with the official JAX outputs")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the released checkpoint of --task into the cache (PERCEIVER_IO_CACHE, default "
+                        "~/.cache/perceiver_io); with -o, convert it to DST")
+    parser.add_argument("--list", action="store_true",
+                        help="list the released checkpoints, their sizes, and which are downloaded and converted "
+                        "in the cache")
     return parser
 
 
@@ -82,7 +94,7 @@ def _run_example(output: Path, force: bool) -> int:
         checkpoint = load_haiku_checkpoint(source)
 
     model = load(output)
-    ours = run_torch(model, EXAMPLE_TASK, inputs)
+    ours = run_torch(model, inputs)
     rows = [("official JAX outputs (stored)", compare({"out": ours["out"]}, official))]
     if haiku_available():
         reference = run_haiku_reference(checkpoint, EXAMPLE_TASK, config, inputs)
@@ -104,9 +116,44 @@ def _run_example(output: Path, force: bool) -> int:
     return 0 if passed else 1
 
 
+def _list_releases() -> int:
+    print(f"{'name':25s} {'file':44s} {'size':>8s}  {'downloaded':10s} {'converted':9s} PyTorch model")
+    for name, release in hub.RELEASES.items():
+        downloaded = "yes" if hub.original_path(name).exists() else "no"
+        converted = "yes" if hub.converted_path(name).exists() else "no"
+        ported = "yes" if release.task in TASKS else "not yet"
+        print(f"{name:25s} {release.file_name:44s} {release.approx_bytes / 1e9:5.2f} GB  {downloaded:10s} "
+              f"{converted:9s} {ported}")
+    print(f"cache: {hub.get_cache_dir()} (set ${hub.CACHE_ENV} to change it)")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    if args.source:
+        raise ConfigError("--download takes no SRC: it fetches the released checkpoint of --task")
+    if not args.task:
+        raise ConfigError(f"--download needs --task; one of {', '.join(hub.RELEASES)}")
+    if args.config and not args.output:
+        raise ConfigError("--config is for the conversion: give -o DST too")
+    if args.output and not hub.is_ported(args.task):
+        raise ConfigError(f"the {args.task} model is not ported to PyTorch yet, so its checkpoint cannot be "
+                          "converted; run --download without -o to fetch the original file only")
+    original = hub.download(args.task)
+    print(f"{args.task}: {original}")
+    if args.output:
+        config = _read_config(args.config)
+        _print_report(convert_checkpoint(original, args.output, args.task, config or hub.RELEASES[args.task].config,
+                                         args.force))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.list:
+            return _list_releases()
+        if args.download:
+            return _download(args)
         if args.example:
             if args.source or args.task or args.config:
                 raise ConfigError("--example takes no SRC, --task or --config")
@@ -120,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         report = convert_checkpoint(args.source, args.output, args.task, _read_config(args.config), args.force)
         _print_report(report)
         return 0
-    except (ConversionError, ConfigError, CheckpointFileError, FileExistsError, FileNotFoundError) as error:
+    except (ConversionError, ConfigError, CheckpointFileError, hub.DownloadError, FileExistsError,
+            FileNotFoundError) as error:
         print(f"convert-checkpoint: error: {error}", file=sys.stderr)
         return 2
 

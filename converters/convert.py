@@ -108,7 +108,7 @@ def convert_tree(
     """A Haiku checkpoint (file or in-memory tree) as a PyTorch state_dict of numpy arrays."""
     config = parse_config(task, config)
     checkpoint = load_haiku_checkpoint(source)
-    return {t.name: np.ascontiguousarray(t.compute()) for t in plan_conversion(checkpoint, task, config)}
+    return {t.name: np.asarray(t.compute(), order="C") for t in plan_conversion(checkpoint, task, config)}
 
 
 def export_tree(
@@ -127,8 +127,8 @@ def export_tree(
     for rule in rules:
         value = state_dict[rule.torch_key]
         array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        trees[rule.collection].setdefault(rule.module, {})[rule.name] = np.ascontiguousarray(
-            rule.layout.to_haiku(array)
+        trees[rule.collection].setdefault(rule.module, {})[rule.name] = np.asarray(
+            rule.layout.to_haiku(array), order="C"
         )
     return trees["params"], trees["state"]
 

@@ -11,13 +11,21 @@ Haiku naming (NOTES §7): a child made in the parent's `__init__` is `parent/~/c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
-from perceiver_io.configs import DecoderConfig, EncoderConfig, LanguageConfig, OfficialConfig
+from perceiver_io.configs import (
+    DecoderConfig,
+    EncoderConfig,
+    ImageNetConfig,
+    ImagePreprocessorConfig,
+    LanguageConfig,
+    OfficialConfig,
+)
 
 from .errors import MappingError
-from .layout import IDENTITY, LINEAR_WEIGHT, Layout
+from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
 
 
 @dataclass(frozen=True)
@@ -97,10 +105,73 @@ def perceiver_encoder(config: EncoderConfig, torch: str) -> list[Rule]:
     return rules
 
 
-def basic_decoder(config: DecoderConfig, module: str, torch: str) -> list[Rule]:
-    """Official `BasicDecoder` at Haiku path `module`."""
+def position_encoding(encoding_type: str, project_pos_dim: int, module: str, torch: str) -> list[Rule]:
+    """Official `build_position_encoding`'s modules, created under the Haiku path `module` (e.g.
+    `image_preprocessor/~_build_network_inputs`): a trainable table and/or a projector's Linear.
+    Fourier encodings have no parameters."""
+    projected = project_pos_dim > 0
+    rules = []
+    if encoding_type == "trainable":
+        rules += trainable_position_encoding(
+            f"{module}/trainable_position_encoding", f"{torch}.base" if projected else torch
+        )
+    if projected:
+        rules += linear(f"{module}/position_encoding_projector/linear", f"{torch}.linear")
+    return rules
+
+
+def batchnorm(module: str, torch: str) -> list[Rule]:
+    """`hk.BatchNorm`: scale/offset parameters and the `mean_ema`/`var_ema` state, every leaf kept."""
     rules = [
-        *trainable_position_encoding(f"{module}/~/trainable_position_encoding", f"{torch}.output_position_encoding"),
+        Rule(module, "scale", f"{torch}.weight", BATCHNORM_VECTOR),
+        Rule(module, "offset", f"{torch}.bias", BATCHNORM_VECTOR),
+    ]
+    for statistic in ("mean", "var"):
+        ema = f"{module}/~/{statistic}_ema"
+        rules += [
+            Rule(ema, "average", f"{torch}.{statistic}_average", BATCHNORM_VECTOR, "state"),
+            Rule(ema, "hidden", f"{torch}.{statistic}_hidden", BATCHNORM_VECTOR, "state"),
+            Rule(ema, "counter", f"{torch}.{statistic}_counter", IDENTITY, "state"),
+        ]
+    return rules
+
+
+def conv2d_downsample(config: ImagePreprocessorConfig, module: str, torch: str) -> list[Rule]:
+    """Official `Conv2DDownsample`: per layer `conv` (and `batchnorm`), numbered within the stem."""
+    rules = []
+    for index in range(round(math.log(config.spatial_downsample, 4))):
+        rules.append(Rule(f"{module}/~/{numbered('conv', index)}", "w", f"{torch}.{index}.conv.weight", CONV2D_WEIGHT))
+        if config.conv2d_use_batchnorm:
+            rules += batchnorm(f"{module}/~/{numbered('batchnorm', index)}", f"{torch}.{index}.batchnorm")
+    return rules
+
+
+def image_preprocessor(config: ImagePreprocessorConfig, torch: str) -> list[Rule]:
+    """Official `ImagePreprocessor` (top-level name `config.name`)."""
+    module = config.name
+    rules = []
+    if config.prep_type == "conv":
+        rules += conv2d_downsample(config, f"{module}/~/conv2_d_downsample", f"{torch}.convnet")
+    elif config.prep_type == "conv1x1":
+        rules += [
+            Rule(f"{module}/~/conv2_d", "w", f"{torch}.convnet_1x1.weight", CONV2D_WEIGHT),
+            Rule(f"{module}/~/conv2_d", "b", f"{torch}.convnet_1x1.bias"),
+        ]
+    elif config.prep_type == "patches" and config.conv_after_patching:
+        rules += linear(f"{module}/patches_linear", f"{torch}.patches_linear")
+    return rules + position_encoding(
+        config.position_encoding_type,
+        config.project_pos_dim,
+        f"{module}/~_build_network_inputs",
+        f"{torch}.position_encoding",
+    )
+
+
+def basic_decoder(config: DecoderConfig, module: str, torch: str) -> list[Rule]:
+    """Official `BasicDecoder` at Haiku path `module`: its query encoding (made in `__init__`), then
+    `cross_attention` and `output` (made in `__call__`)."""
+    rules = [
+        *position_encoding(config.position_encoding_type, -1, f"{module}/~", f"{torch}.output_position_encoding"),
         *cross_attention(f"{module}/cross_attention", f"{torch}.cross_attention"),
     ]
     if config.final_project:
@@ -112,16 +183,29 @@ def language_mlm(config: LanguageConfig) -> list[Rule]:
     """The language colab: top-level `embed`, `trainable_position_encoding`, encoder, `basic_decoder`
     and `embedding_decoder` (its bias; its matrix is `embed` itself)."""
     return [
-        Rule("embed", "embeddings", "input_preprocessor.token_embedding.weight"),
-        *trainable_position_encoding("trainable_position_encoding", "input_preprocessor.position_encoding"),
+        Rule("embed", "embeddings", "perceiver.input_preprocessor.token_embedding.weight"),
+        *trainable_position_encoding("trainable_position_encoding", "perceiver.input_preprocessor.position_encoding"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
         *basic_decoder(config.decoder, config.decoder.name, "perceiver.decoder"),
         Rule("embedding_decoder", "bias", "embedding_decoder.bias"),
     ]
 
 
+def imagenet(config: ImageNetConfig) -> list[Rule]:
+    """The ImageNet colab: `image_preprocessor`, the encoder and `classification_decoder`, whose
+    `basic_decoder` is made in its `__init__`."""
+    return [
+        *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
+        *perceiver_encoder(config.encoder, "perceiver.encoder"),
+        *basic_decoder(config.decoder, "classification_decoder/~/basic_decoder", "perceiver.decoder.basic_decoder"),
+    ]
+
+
 TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
     "language_mlm": language_mlm,
+    "imagenet_learned": imagenet,
+    "imagenet_fourier": imagenet,
+    "imagenet_conv": imagenet,
 }
 
 

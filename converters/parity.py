@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -17,14 +17,15 @@ from torch import nn
 
 from .haiku_pickle import HaikuCheckpoint
 
-STAGE_MODULES: dict[str, dict[str, str]] = {
-    "language_mlm": {
-        "encoder_inputs": "input_preprocessor",
-        "z": "perceiver.encoder",
-        "decoder_outputs": "perceiver.decoder",
-    },
+STAGES: dict[str, tuple[str, Callable[[Any], torch.Tensor]]] = {
+    "encoder_inputs": ("perceiver.input_preprocessor", lambda output: output.inputs),
+    "inputs_without_pos": ("perceiver.input_preprocessor", lambda output: output.inputs_without_pos),
+    "encoder_cross_attention": ("perceiver.encoder.cross_attention", lambda output: output),
+    "z": ("perceiver.encoder", lambda output: output),
+    "decoder_outputs": ("perceiver.decoder", lambda output: output),
 }
-"""Per task: reference intermediate name -> PyTorch submodule whose output is that stage."""
+"""Reference intermediate name -> (PyTorch submodule, what of its output is that stage). Every task model
+is a `Perceiver` under `perceiver`; the self-attentions add `encoder_self_attention_{k}`, one per call."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def max_abs_error(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 
 def compare(ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> list[StageError]:
-    """Max abs error of every stage both sides have, in `ours`' order."""
+    """Max abs error of every stage both sides have, in `ours`' order (flat `name/key` names)."""
     return [
         StageError(name, max_abs_error(ours[name], np.asarray(reference[name])), float(np.max(np.abs(reference[name]))))
         for name in ours
@@ -55,26 +56,57 @@ def compare(ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray])
     ]
 
 
+def _numpy(value) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(value, dict):
+        return {key: _numpy(item) for key, item in value.items()}
+    return value.detach().float().cpu().numpy()
+
+
+def _flatten(stages: dict) -> dict[str, np.ndarray]:
+    """{'a': {'b': x}} -> {'a/b': x}, the reference's naming of per-modality intermediates."""
+    flat = {}
+    for name, value in stages.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}/{key}": item for key, item in _flatten(value).items()})
+        else:
+            flat[name] = value
+    return flat
+
+
 @torch.inference_mode()
-def run_torch(model: nn.Module, task: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's stages and final `out` on `inputs` (the official call's keyword arguments)."""
-    stages: dict[str, np.ndarray] = {}
+def run_torch(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The model's stages and final `out` on `inputs` (the official call's keyword arguments, numpy)."""
+    stages: dict[str, Any] = {}
+    self_attention_outputs: list[np.ndarray] = []
     hooks = []
-    for stage, module_name in STAGE_MODULES.get(task, {}).items():
-        module = model.get_submodule(module_name)
 
-        def keep(_module, _args, output, stage=stage):
-            stages[stage] = output.detach().float().cpu().numpy()
+    def capture(stage: str, extract: Callable):
+        def keep(_module, _args, output):
+            stages[stage] = _numpy(extract(output))
 
-        hooks.append(module.register_forward_hook(keep))
+        return keep
+
+    for stage, (module_name, extract) in STAGES.items():
+        hooks.append(model.get_submodule(module_name).register_forward_hook(capture(stage, extract)))
+    for self_attention in model.get_submodule("perceiver.encoder.self_attends"):
+        hooks.append(
+            self_attention.register_forward_hook(lambda _m, _a, output: self_attention_outputs.append(_numpy(output)))
+        )
+    device = next(model.parameters()).device
     try:
-        device = next(model.parameters()).device
-        out = model(**{k: torch.from_numpy(np.asarray(v)).to(device) for k, v in inputs.items()})
+        out = model(**{key: _to_torch(value, device) for key, value in inputs.items()})
     finally:
         for hook in hooks:
             hook.remove()
-    stages["out"] = out.detach().float().cpu().numpy()
-    return stages
+    stages.update({f"encoder_self_attention_{k}": value for k, value in enumerate(self_attention_outputs)})
+    stages["out"] = _numpy(out)
+    return _flatten(stages)
+
+
+def _to_torch(value, device):
+    if isinstance(value, Mapping):
+        return {key: _to_torch(item, device) for key, item in value.items()}
+    return None if value is None else torch.from_numpy(np.asarray(value)).to(device)
 
 
 def haiku_available() -> bool:

@@ -18,6 +18,8 @@ _EXPORTS = {
     "LANGUAGE_MLM": "perceiver_io.configs",
     "BytesTokenizer": "perceiver_io.tokenizer",
     "fill_mask": "perceiver_io.pipelines",
+    "RELEASES": "perceiver_io.hub",
+    "download": "perceiver_io.hub",
 }
 
 __all__ = sorted(_EXPORTS)

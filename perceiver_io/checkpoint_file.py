@@ -97,7 +97,7 @@ def write_checkpoint(
             out.write(struct.pack("<Q", len(header)))
             out.write(header)
             for tensor in tensors:
-                array = np.ascontiguousarray(tensor.compute())
+                array = np.asarray(tensor.compute(), order="C")
                 if array.shape != tuple(tensor.shape) or array.dtype != np.dtype(tensor.dtype):
                     raise CheckpointFileError(
                         f"tensor {tensor.name!r}: planned {tuple(tensor.shape)} {np.dtype(tensor.dtype)}, "

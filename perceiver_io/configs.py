@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -84,6 +85,52 @@ class TrainablePositionEncodingConfig(OfficialConfig):
 
 
 @dataclass(frozen=True)
+class FourierPositionEncodingConfig(OfficialConfig):
+    """Official `fourier_position_encoding_kwargs`; `max_resolution` defaults to the grid's size."""
+
+    official_name: ClassVar[str] = "fourier_position_encoding_kwargs"
+    num_bands: int
+    max_resolution: tuple[int, ...] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+
+
+def _position_encoding_fields():
+    return (
+        field(default=None, metadata={"nested": TrainablePositionEncodingConfig}),
+        field(default=None, metadata={"nested": FourierPositionEncodingConfig}),
+    )
+
+
+@dataclass(frozen=True)
+class ImagePreprocessorConfig(OfficialConfig):
+    """Arguments of the official `ImagePreprocessor`."""
+
+    official_name: ClassVar[str] = "input_preprocessor"
+    prep_type: str = "conv"
+    spatial_downsample: int = 4
+    temporal_downsample: int = 1
+    position_encoding_type: str = "fourier"
+    n_extra_pos_mlp: int = 0
+    num_channels: int = 64
+    conv_after_patching: bool = False
+    conv2d_use_batchnorm: bool = True
+    concat_or_add_pos: str = "concat"
+    project_pos_dim: int = -1
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
+    name: str = "image_preprocessor"
+
+    def __post_init__(self):
+        if self.prep_type not in ("conv", "conv1x1", "patches", "pixels"):
+            raise ConfigError(f"input_preprocessor.prep_type={self.prep_type!r}; expected conv, conv1x1, patches or pixels")
+        if self.concat_or_add_pos not in ("concat", "add"):
+            raise ConfigError(f"input_preprocessor.concat_or_add_pos={self.concat_or_add_pos!r}; expected concat or add")
+        if self.n_extra_pos_mlp:
+            raise ConfigError("input_preprocessor.n_extra_pos_mlp > 0 is not supported yet")
+
+
+@dataclass(frozen=True)
 class EncoderConfig(OfficialConfig):
     """Arguments of the official `PerceiverEncoder` (its `name` is the checkpoint's module prefix)."""
 
@@ -110,7 +157,7 @@ class DecoderConfig(OfficialConfig):
     """Arguments of the official `BasicDecoder`."""
 
     official_name: ClassVar[str] = "decoder_config"
-    output_num_channels: int
+    output_num_channels: int | None = None
     position_encoding_type: str = "trainable"
     output_index_dims: int | tuple[int, ...] | None = None
     subsampled_index_dims: int | tuple[int, ...] | None = None
@@ -121,34 +168,29 @@ class DecoderConfig(OfficialConfig):
     concat_preprocessed_input: bool = False
     num_heads: int = 1
     final_project: bool = True
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = field(
-        default=None, metadata={"nested": TrainablePositionEncodingConfig}
-    )
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
     name: str = "basic_decoder"
 
     def __post_init__(self):
-        if self.position_encoding_type != "trainable":
+        if self.position_encoding_type not in ("trainable", "fourier", "none"):
             raise ConfigError(
-                f"decoder_config.position_encoding_type={self.position_encoding_type!r} is not supported yet "
-                "(supported: 'trainable')"
+                f"decoder_config.position_encoding_type={self.position_encoding_type!r}; "
+                "expected 'trainable', 'fourier' or 'none'"
             )
         if self.concat_preprocessed_input:
             raise ConfigError("decoder_config.concat_preprocessed_input=True is not supported yet")
-        if self.output_index_dims is None:
-            raise ConfigError("decoder_config.output_index_dims is required for trainable decoder queries")
+
+    @property
+    def index_dims(self) -> tuple[int, ...]:
+        dims = self.output_index_dims
+        if dims is None:
+            raise ConfigError("decoder output_index_dims is required to build decoder queries")
+        return (dims,) if isinstance(dims, int) else tuple(dims)
 
     @property
     def num_queries(self) -> int:
-        dims = self.output_index_dims
-        dims = (dims,) if isinstance(dims, int) else dims
-        count = 1
-        for d in dims:
-            count *= d
-        return count
-
-    @property
-    def query_position_encoding(self) -> TrainablePositionEncodingConfig:
-        return self.trainable_position_encoding_kwargs or TrainablePositionEncodingConfig()
+        return math.prod(self.index_dims)
 
 
 @dataclass(frozen=True)
@@ -196,3 +238,87 @@ LANGUAGE_MLM = LanguageConfig(
     ),
 )
 """The released masked-language model (`language_perceiver_io_bytes.pickle`), 201,108,230 parameters."""
+
+
+@dataclass(frozen=True)
+class ImageNetConfig(OfficialConfig):
+    """The ImageNet colab's configuration (`imagenet_classification.ipynb`, one of three model types).
+
+    `decoder` holds the official `ClassificationDecoder` keyword arguments (a `BasicDecoder`'s, without
+    `output_num_channels` and `output_index_dims`, which the classifier sets).
+    """
+
+    official_name: ClassVar[str] = "imagenet"
+    input_preprocessor: ImagePreprocessorConfig = field(metadata={"nested": ImagePreprocessorConfig})
+    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    decoder: DecoderConfig = field(metadata={"nested": DecoderConfig})
+    num_classes: int = 1000
+    image_size: tuple[int, int] = (224, 224)
+
+
+def _imagenet(input_preprocessor: ImagePreprocessorConfig, decoder_query_residual: bool) -> ImageNetConfig:
+    return ImageNetConfig(
+        input_preprocessor=input_preprocessor,
+        encoder=EncoderConfig(
+            num_self_attends_per_block=6,
+            num_blocks=8,
+            z_index_dim=512,
+            num_z_channels=1024,
+            num_cross_attend_heads=1,
+            num_self_attend_heads=8,
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+            dropout_prob=0.0,
+            z_pos_enc_init_scale=0.02,
+            cross_attention_shape_for_attn="kv",
+            use_query_residual=True,
+        ),
+        decoder=DecoderConfig(
+            num_z_channels=1024,
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=TrainablePositionEncodingConfig(num_channels=1024, init_scale=0.02),
+            use_query_residual=decoder_query_residual,
+        ),
+        num_classes=1000,
+        image_size=(224, 224),
+    )
+
+
+IMAGENET_LEARNED = _imagenet(
+    ImagePreprocessorConfig(
+        position_encoding_type="trainable",
+        trainable_position_encoding_kwargs=TrainablePositionEncodingConfig(num_channels=256, init_scale=0.02),
+        prep_type="conv1x1",
+        project_pos_dim=256,
+        num_channels=256,
+        spatial_downsample=1,
+        concat_or_add_pos="concat",
+    ),
+    decoder_query_residual=False,
+)
+"""`imagenet_learned_position_encoding.pystate`: conv1x1 + learned positions, 62,255,848 parameters."""
+
+IMAGENET_FOURIER = _imagenet(
+    ImagePreprocessorConfig(
+        position_encoding_type="fourier",
+        fourier_position_encoding_kwargs=FourierPositionEncodingConfig(
+            num_bands=64, max_resolution=(224, 224), concat_pos=True, sine_only=False
+        ),
+        prep_type="pixels",
+        spatial_downsample=1,
+    ),
+    decoder_query_residual=True,
+)
+"""`imagenet_fourier_position_encoding.pystate`: pixels + Fourier positions, 48,440,627 parameters."""
+
+IMAGENET_CONV = _imagenet(
+    ImagePreprocessorConfig(
+        position_encoding_type="fourier",
+        fourier_position_encoding_kwargs=FourierPositionEncodingConfig(
+            num_bands=64, max_resolution=(56, 56), concat_pos=True, sine_only=False
+        ),
+        prep_type="conv",
+    ),
+    decoder_query_residual=True,
+)
+"""`imagenet_conv_preprocessing.pystate`: conv stem + Fourier positions, 48,646,522 parameters + BatchNorm state."""

@@ -1,28 +1,156 @@
-"""Input preprocessors: raw inputs to the encoder's input array [B,M,C]."""
+"""Input preprocessors: raw inputs to the encoder's input array [B,M,C], mirroring the official
+`io_processors.py`. Each returns a `PreprocessorOutput` (inputs with positions, modality sizes, inputs
+without positions), as the official preprocessors return their triple."""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .position_encoding import TrainablePositionEncoding
+from .configs import ConfigError, ImagePreprocessorConfig
+from .conv import Conv2DDownsample, pad_same
+from .position_encoding import TrainablePositionEncoding, build_position_encoding
+
+
+class PreprocessorOutput(NamedTuple):
+    inputs: torch.Tensor
+    modality_sizes: dict[str, int] | None
+    inputs_without_pos: torch.Tensor | dict[str, torch.Tensor]
 
 
 class TokenPreprocessor(nn.Module):
     """Token embedding plus a learned input position encoding (the language colab's `hk.Embed` and
-    top-level `TrainablePositionEncoding`): ids [B,N] -> [B,N,C], N at most `max_seq_len`."""
+    top-level `TrainablePositionEncoding`): ids [B,N] -> [B,N,C], N equal to `max_seq_len`; the
+    output's `inputs_without_pos` are the token embeddings alone."""
 
     def __init__(self, vocab_size: int, num_channels: int, max_seq_len: int):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, num_channels)
         self.position_encoding = TrainablePositionEncoding(max_seq_len, num_channels)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> PreprocessorOutput:
         batch_size, seq_len = inputs.shape
         max_seq_len = self.position_encoding.embeddings.shape[0]
         if seq_len != max_seq_len:
             raise ValueError(
                 f"inputs have {seq_len} tokens but the model's position encoding has {max_seq_len}; "
-                f"pad the inputs to {max_seq_len} (the tokenizer's pad_to) and pass an input_mask"
+                f"pad the inputs to {max_seq_len} (the tokenizer's pad) and pass an input_mask"
             )
-        return self.token_embedding(inputs) + self.position_encoding(batch_size)
+        embedded = self.token_embedding(inputs)
+        return PreprocessorOutput(embedded + self.position_encoding(batch_size), None, embedded)
+
+
+def space_to_depth(frames: torch.Tensor, temporal_block_size: int = 1, spatial_block_size: int = 1) -> torch.Tensor:
+    """Official `space_to_depth`: [B,H,W,C] -> [B,H/s,W/s,(s s C)], or [B,T,H,W,C] ->
+    [B,T/t,H/s,W/s,(t s s C)], channels ordered (dt, dh, dw, c) as the official einops pattern."""
+    s, t = spatial_block_size, temporal_block_size
+    if frames.ndim == 4:
+        b, h, w, c = frames.shape
+        x = frames.reshape(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, h // s, w // s, s * s * c)
+    if frames.ndim == 5:
+        b, n, h, w, c = frames.shape
+        x = frames.reshape(b, n // t, t, h // s, s, w // s, s, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
+        return x.reshape(b, n // t, h // s, w // s, t * s * s * c)
+    raise ValueError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C] frames, got shape {tuple(frames.shape)}")
+
+
+class ImagePreprocessor(nn.Module):
+    """Official `ImagePreprocessor`: featurise images [B,H,W,C] (or frames [B,T,H,W,C]) with `prep_type`
+    conv / conv1x1 / patches / pixels, flatten the grid to [B,N,C'] and concatenate (or add) a position
+    encoding over that grid.
+
+    `image_shape` (the spatial or spatio-temporal input size) is needed for a trainable position
+    encoding, whose size is fixed; Fourier encodings follow the input's size.
+    """
+
+    def __init__(self, config: ImagePreprocessorConfig, in_channels: int = 3, image_shape: Sequence[int] | None = None):
+        super().__init__()
+        self.config = config
+        s = config.spatial_downsample
+        self.convnet = self.convnet_1x1 = self.patches_linear = None
+        if config.prep_type == "conv":
+            num_layers = round(math.log(s, 4))
+            if 4**num_layers != s or config.temporal_downsample != 1:
+                raise ConfigError("prep_type 'conv' needs a power of 4 spatial_downsample and temporal_downsample 1")
+            self.convnet = Conv2DDownsample(num_layers, in_channels, config.num_channels, config.conv2d_use_batchnorm)
+            feature_channels = config.num_channels
+        elif config.prep_type == "conv1x1":
+            if config.temporal_downsample != 1:
+                raise ConfigError("prep_type 'conv1x1' does not downsample in time")
+            self.convnet_1x1 = nn.Conv2d(in_channels, config.num_channels, kernel_size=1, stride=s)
+            feature_channels = config.num_channels
+        elif config.prep_type == "patches":
+            feature_channels = in_channels * s * s * config.temporal_downsample
+            if config.conv_after_patching:
+                self.patches_linear = nn.Linear(feature_channels, config.num_channels)
+                feature_channels = config.num_channels
+        else:
+            feature_channels = in_channels
+        grid = self.feature_grid(image_shape) if image_shape is not None else None
+        if config.position_encoding_type == "trainable" and grid is None:
+            raise ConfigError("a trainable image position encoding needs the image size")
+        self.position_encoding = build_position_encoding(
+            config.position_encoding_type,
+            grid or (1,) * (len(image_shape) if image_shape else 2),
+            config.project_pos_dim,
+            config.trainable_position_encoding_kwargs,
+            config.fourier_position_encoding_kwargs,
+        )
+        position_channels = self.position_encoding.num_channels
+        if config.concat_or_add_pos == "add" and position_channels != feature_channels:
+            raise ConfigError(
+                f"adding positions needs as many position channels ({position_channels}) as features ({feature_channels})"
+            )
+        self.feature_channels = feature_channels
+        self.num_channels = feature_channels + (position_channels if config.concat_or_add_pos == "concat" else 0)
+
+    def feature_grid(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """The index grid after featurisation of an input of spatial (or T,H,W) size `image_shape`."""
+        config, s = self.config, self.config.spatial_downsample
+        *time, height, width = image_shape
+        if config.prep_type == "conv":
+            for _ in range(round(math.log(s, 4))):
+                height, width = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)
+        elif config.prep_type == "patches":
+            height, width = height // s, width // s
+            time = [t // config.temporal_downsample for t in time]
+            if time == [1]:
+                time = []
+        else:
+            height, width = math.ceil(height / s), math.ceil(width / s)
+            time = [math.ceil(t / config.temporal_downsample) for t in time]
+        return (*time, height, width)
+
+    def _featurise(self, x: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        if config.prep_type in ("conv", "conv1x1"):
+            frames = x.flatten(0, 1) if x.ndim == 5 else x
+            net = self.convnet if self.convnet is not None else self.convnet_1x1
+            if self.convnet_1x1 is not None:
+                frames_nchw = pad_same(frames.permute(0, 3, 1, 2), 1, config.spatial_downsample)
+            else:
+                frames_nchw = frames.permute(0, 3, 1, 2)
+            features = net(frames_nchw).permute(0, 2, 3, 1)
+            return features.unflatten(0, x.shape[:2]) if x.ndim == 5 else features
+        if config.prep_type == "patches":
+            features = space_to_depth(x, config.temporal_downsample, config.spatial_downsample)
+            if features.ndim == 5 and features.shape[1] == 1:
+                features = features.squeeze(1)
+            return self.patches_linear(features) if self.patches_linear is not None else features
+        s, t = config.spatial_downsample, config.temporal_downsample
+        return x[:, ::s, ::s] if x.ndim == 4 else x[:, ::t, ::s, ::s]
+
+    def forward(self, images: torch.Tensor) -> PreprocessorOutput:
+        features = self._featurise(images)
+        batch_size, grid = features.shape[0], tuple(features.shape[1:-1])
+        features = features.reshape(batch_size, math.prod(grid), features.shape[-1])
+        pos = self.position_encoding(batch_size, grid, device=features.device, dtype=features.dtype)
+        if self.config.concat_or_add_pos == "concat":
+            inputs = torch.cat([features, pos], dim=-1)
+        else:
+            inputs = features + pos
+        return PreprocessorOutput(inputs, None, features)

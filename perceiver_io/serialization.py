@@ -1,18 +1,20 @@
-"""Loading and saving models as converted checkpoint files (see `checkpoint_file`)."""
+"""Loading models (released names, converted files, original Haiku files) and saving converted files."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from . import hub
 from .checkpoint_file import CheckpointFileError, PlannedTensor, checkpoint_metadata, read_metadata, write_checkpoint
-from .configs import ConfigError
+from .configs import ConfigError, OfficialConfig
 from .tasks import TASKS, build_model
 
 
@@ -38,15 +40,43 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def load(
-    path: str | os.PathLike,
+    name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    *,
+    task: str | None = None,
+    config: OfficialConfig | Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """Rebuilds a model from a converted checkpoint file alone (task and config are in its header).
+    """A model in eval mode on `device` (cast to `dtype` if given), from any of:
 
-    Returns the model in eval mode on `device`, cast to `dtype` if given.
+    - the name of a released checkpoint (`perceiver_io.hub.RELEASES`, e.g. "language_mlm"): the released
+      file is downloaded into the cache (`cache_dir`, default `perceiver_io.hub.get_cache_dir()`) and
+      converted there once; later calls read the converted file without touching the network;
+    - a converted `.safetensors` file, which carries its task and configuration in its header;
+    - an original Haiku checkpoint (any other file, e.g. `.pickle`, `.pystate`, `.npz`), converted in
+      memory. It needs `task=`, and `config=` (official keys) unless it has the released configuration.
     """
-    path = Path(path)
+    if isinstance(name_or_path, str) and name_or_path in hub.RELEASES:
+        if task is not None or config is not None:
+            raise ConfigError(f"the released checkpoint {name_or_path!r} has its own task and configuration; "
+                              "pass neither task= nor config=")
+        name_or_path = hub.download_converted(name_or_path, cache_dir=cache_dir)
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors":
+        if task is not None or config is not None:
+            raise ConfigError(f"{path} carries its task and configuration in its header; pass neither task= "
+                              "nor config=")
+        model = _load_converted(path, device)
+    else:
+        model = _load_haiku(path, device, task, config)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.eval()
+
+
+def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
+    """Rebuilds a model from a converted checkpoint file alone (task and config are in its header)."""
     metadata = read_metadata(path)
     task = metadata.get("task")
     if task not in TASKS:
@@ -63,9 +93,34 @@ def load(
     with safe_open(path, framework="pt", device=str(device)) as f:
         state_dict = {key: f.get_tensor(key) for key in f.keys()}
     load_state_dict_strictly(model, state_dict, str(path))
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
+    return model
+
+
+def _load_haiku(
+    path: Path, device: str | torch.device, task: str | None, config: OfficialConfig | Mapping[str, Any] | None
+) -> nn.Module:
+    """Converts an original Haiku checkpoint in memory (see `converters.convert.convert_tree`)."""
+    if not path.exists():
+        raise CheckpointFileError(
+            f"{path} does not exist, and is not the name of a released checkpoint ({', '.join(hub.RELEASES)})"
+        )
+    if task is None:
+        raise ConfigError(
+            f"{path} is not a converted .safetensors file, so it is read as an original Haiku checkpoint, which "
+            f"needs task= (one of {', '.join(sorted(TASKS))}) and, unless it has the released configuration, "
+            "config= in official keys"
+        )
+    from converters.convert import convert_tree
+
+    arrays = convert_tree(path, task, config)
+    with torch.device("meta"):
+        model = build_model(task, config)
+    state_dict = {
+        key: torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+        for key, array in arrays.items()
+    }
+    load_state_dict_strictly(model, state_dict, str(path))
+    return model
 
 
 def task_of(model: nn.Module) -> str:

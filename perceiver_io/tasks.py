@@ -9,12 +9,21 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .configs import LANGUAGE_MLM, ConfigError, LanguageConfig, OfficialConfig
-from .decoders import BasicDecoder
+from .configs import (
+    IMAGENET_CONV,
+    IMAGENET_FOURIER,
+    IMAGENET_LEARNED,
+    LANGUAGE_MLM,
+    ConfigError,
+    ImageNetConfig,
+    LanguageConfig,
+    OfficialConfig,
+)
+from .decoders import BasicDecoder, ClassificationDecoder
 from .encoder import PerceiverEncoder
 from .perceiver import Perceiver
 from .postprocessors import EmbeddingDecoder
-from .preprocessors import TokenPreprocessor
+from .preprocessors import ImagePreprocessor, TokenPreprocessor
 
 
 class LanguagePerceiver(nn.Module):
@@ -27,11 +36,8 @@ class LanguagePerceiver(nn.Module):
 
     def __init__(self, config: LanguageConfig = LANGUAGE_MLM):
         super().__init__()
-        decoder_channels = (
-            config.decoder.output_num_channels
-            if config.decoder.final_project
-            else config.decoder.query_position_encoding.num_channels
-        )
+        decoder = BasicDecoder(config.decoder)
+        decoder_channels = config.decoder.output_num_channels if config.decoder.final_project else decoder.query_channels
         if decoder_channels != config.d_model:
             raise ConfigError(
                 f"the decoder outputs {decoder_channels} channels but the tied embedding has D_MODEL="
@@ -44,16 +50,37 @@ class LanguagePerceiver(nn.Module):
                 f"({config.max_seq_len}): the model predicts one token per input position"
             )
         self.config = config
-        self.input_preprocessor = TokenPreprocessor(config.vocab_size, config.d_model, config.max_seq_len)
         self.perceiver = Perceiver(
-            PerceiverEncoder(config.encoder, input_channels=config.d_model), BasicDecoder(config.decoder)
+            PerceiverEncoder(config.encoder, input_channels=config.d_model),
+            decoder,
+            input_preprocessor=TokenPreprocessor(config.vocab_size, config.d_model, config.max_seq_len),
         )
         self.embedding_decoder = EmbeddingDecoder(config.vocab_size)
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
-        embedded = self.input_preprocessor(inputs)
-        out = self.perceiver(embedded, input_mask=input_mask, query_mask=input_mask)
-        return self.embedding_decoder(out, self.input_preprocessor.token_embedding.weight)
+        out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
+        return self.embedding_decoder(out, self.perceiver.input_preprocessor.token_embedding.weight)
+
+
+class ImageClassifier(nn.Module):
+    """ImageNet classifier (the official `imagenet_classification` colab, any of its three model types).
+
+    forward(images float [B,H,W,3], channels last, normalised as the colab: (x - mean*255) / (std*255))
+    -> logits [B,num_classes].
+    """
+
+    def __init__(self, config: ImageNetConfig = IMAGENET_FOURIER):
+        super().__init__()
+        self.config = config
+        preprocessor = ImagePreprocessor(config.input_preprocessor, in_channels=3, image_shape=config.image_size)
+        self.perceiver = Perceiver(
+            PerceiverEncoder(config.encoder, input_channels=preprocessor.num_channels),
+            ClassificationDecoder(config.decoder, config.num_classes),
+            input_preprocessor=preprocessor,
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.perceiver(images)
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,9 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "language_mlm": Task("language_mlm", LanguagePerceiver, LanguageConfig, LANGUAGE_MLM),
+    "imagenet_learned": Task("imagenet_learned", ImageClassifier, ImageNetConfig, IMAGENET_LEARNED),
+    "imagenet_fourier": Task("imagenet_fourier", ImageClassifier, ImageNetConfig, IMAGENET_FOURIER),
+    "imagenet_conv": Task("imagenet_conv", ImageClassifier, ImageNetConfig, IMAGENET_CONV),
 }
 
 

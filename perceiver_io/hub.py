@@ -1,0 +1,467 @@
+"""The released checkpoints: where they are, how big they are, and how to fetch each one once and keep it.
+
+`RELEASES` is the one table of the six checkpoints DeepMind released with Perceiver IO. Each row gives
+the official URL (`RELEASE_BASE_URL` + file name), the parameter count of the official manifest (4 bytes
+each in float32), a sha256 where one is known, and optional mirrors: other URLs, and a Google Drive file
+fetched with gdown (`pip install 'perceiver-io-port[download]'`). No sha256 is published for these files,
+so the table has none; the first download records one in the cache, and every later use checks it.
+
+Cache layout, in `get_cache_dir()` (`cache_dir=`, else `$PERCEIVER_IO_CACHE`, else
+`$XDG_CACHE_HOME/perceiver_io`, else `~/.cache/perceiver_io`):
+
+    language_perceiver_io_bytes.pickle           the released file as downloaded, checksum verified
+    language_perceiver_io_bytes.pickle.partial   an interrupted download; the next download resumes it
+    language_mlm.safetensors                     converted once (`perceiver_io.load("language_mlm")`)
+    checksums.json                               {file name: sha256}, recorded on the first download
+    .locks/                                      one lock file per release (fcntl, so POSIX only)
+
+A file in the cache is used without touching the network, so a released file copied there by hand works
+offline. Downloads stream through urllib into the `.partial` file, resume it with HTTP Range, retry
+connection errors and 5xx answers with exponential back-off, and are checked against the sha256 before
+an atomic rename puts them in place. A file that fails the check is deleted. The lock lets one process
+download a release while another waits for it and then uses the finished file.
+
+`PERCEIVER_IO_BASE_URL` (or `base_url=`) replaces the official bucket, e.g. with a mirror or a local
+server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, TextIO
+
+from .configs import ConfigError
+
+RELEASE_BASE_URL = "https://storage.googleapis.com/perceiver_io/"
+GOOGLE_DRIVE_URL = "https://drive.google.com/uc?id={id}"
+CACHE_ENV = "PERCEIVER_IO_CACHE"
+BASE_URL_ENV = "PERCEIVER_IO_BASE_URL"
+CHECKSUMS_FILE = "checksums.json"
+BYTES_PER_PARAMETER = 4  # float32
+
+_CHUNK_BYTES = 1 << 20
+_RETRIED_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+_USER_AGENT = "perceiver-io-port (urllib)"
+
+
+class DownloadError(OSError):
+    """A released file could not be fetched: every URL failed (the message lists each, and what to do)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or cached file does not have the sha256 it must have."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released checkpoint.
+
+    `name` is what `perceiver_io.load` and `convert-checkpoint --task` take; it equals the task name.
+    `num_parameters` is the official manifest's `total_param_count`. `mirrors` are full URLs tried after
+    the official one; `gdrive_id` names a Google Drive copy, tried last. `config` is the model's
+    configuration in official keys, None for the task's released configuration.
+    """
+
+    name: str
+    task: str
+    file_name: str
+    num_parameters: int
+    sha256: str | None = None
+    mirrors: tuple[str, ...] = ()
+    gdrive_id: str | None = None
+    config: Mapping[str, Any] | None = None
+
+    @property
+    def approx_bytes(self) -> int:
+        return BYTES_PER_PARAMETER * self.num_parameters
+
+    def urls(self, base_url: str | None = None) -> list[str]:
+        """The official URL (or the one under `base_url` / `$PERCEIVER_IO_BASE_URL`), then the mirrors."""
+        base = base_url or os.environ.get(BASE_URL_ENV) or RELEASE_BASE_URL
+        return [f"{base.rstrip('/')}/{self.file_name}", *self.mirrors]
+
+
+RELEASES: dict[str, Release] = {
+    release.name: release
+    for release in (
+        Release("language_mlm", "language_mlm", "language_perceiver_io_bytes.pickle", 201_108_230),
+        Release("imagenet_learned", "imagenet_learned", "imagenet_learned_position_encoding.pystate", 62_255_848),
+        Release("imagenet_fourier", "imagenet_fourier", "imagenet_fourier_position_encoding.pystate", 48_440_627),
+        Release("imagenet_conv", "imagenet_conv", "imagenet_conv_preprocessing.pystate", 48_646_522),
+        Release("optical_flow", "optical_flow", "optical_flow_checkpoint.pystate", 41_057_134),
+        Release("multimodal_autoencoding", "multimodal_autoencoding", "video_autoencoding_checkpoint.pystate",
+                19_858_855),
+    )
+}
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How to download: `retries` failed attempts in a row (an attempt that received bytes resets the
+    count) with back-off `backoff * 2**k` seconds; `timeout` seconds of silence per read."""
+
+    base_url: str | None = None
+    quiet: bool = False
+    retries: int = 3
+    backoff: float = 1.0
+    timeout: float = 30.0
+
+
+def get_release(name: str) -> Release:
+    try:
+        return RELEASES[name]
+    except KeyError:
+        raise ConfigError(f"no released checkpoint is named {name!r}; released: {', '.join(RELEASES)}") from None
+
+
+def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else `$PERCEIVER_IO_CACHE`, else `$XDG_CACHE_HOME/perceiver_io`, else `~/.cache/perceiver_io`."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "perceiver_io"
+
+
+def original_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the released file of `name` is (or will be) in the cache."""
+    return get_cache_dir(cache_dir) / get_release(name).file_name
+
+
+def converted_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the converted checkpoint of `name` is (or will be) in the cache."""
+    return get_cache_dir(cache_dir) / f"{get_release(name).name}.safetensors"
+
+
+def is_ported(name: str) -> bool:
+    """Whether the release's task has a PyTorch model (`perceiver_io.tasks.TASKS`)."""
+    from .tasks import TASKS
+
+    return get_release(name).task in TASKS
+
+
+def download(name: str, *, cache_dir: str | os.PathLike | None = None, **options: Any) -> Path:
+    """The released file of `name` in the cache, downloaded first if it is not there.
+
+    `options` are those of `DownloadOptions`. Raises DownloadError (ChecksumError for a wrong sha256)
+    naming every URL tried and where to put the file by hand.
+    """
+    release = get_release(name)
+    folder = get_cache_dir(cache_dir)
+    settings = DownloadOptions(**options)
+    with _release_lock(folder, release, settings.quiet):
+        return _fetch_locked(release, folder, settings)
+
+
+def download_converted(name: str, *, cache_dir: str | os.PathLike | None = None, **options: Any) -> Path:
+    """The converted checkpoint of `name` in the cache; the released file is downloaded and converted once.
+
+    Raises ConfigError, before any download, if the release's model is not ported to PyTorch yet.
+    """
+    release = get_release(name)
+    if not is_ported(name):
+        from .tasks import TASKS
+
+        raise ConfigError(
+            f"the {release.task} model is not ported to PyTorch yet (ported: {', '.join(sorted(TASKS))}), so "
+            f"its released checkpoint cannot be loaded; perceiver_io.hub.download({name!r}) fetches the "
+            "original Haiku file"
+        )
+    folder = get_cache_dir(cache_dir)
+    target = converted_path(name, folder)
+    if target.exists():
+        return target
+    settings = DownloadOptions(**options)
+    with _release_lock(folder, release, settings.quiet):
+        if not target.exists():
+            from converters.convert import convert_checkpoint
+
+            original = _fetch_locked(release, folder, settings)
+            convert_checkpoint(original, target, release.task, release.config)
+    return target
+
+
+def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> Path:
+    """`download` under the release's lock."""
+    target = folder / release.file_name
+    expected = release.sha256 or _recorded_checksums(folder).get(release.file_name)
+    if target.exists():
+        actual = _sha256(target)
+        if expected and actual != expected:
+            raise ChecksumError(
+                f"the cached {target} has sha256 {actual}, but {release.name} must have {expected}; "
+                "delete it to download it again"
+            )
+        if not expected:
+            _record_checksum(folder, release.file_name, actual)
+        return target
+    partial = target.with_name(f"{target.name}.partial")
+    failures: list[DownloadError] = []
+    for url in release.urls(options.base_url):
+        try:
+            _http_download(url, partial, release.name, options)
+            _install(partial, target, expected, url)
+            return target
+        except DownloadError as error:
+            failures.append(error)
+    if release.gdrive_id:
+        url = GOOGLE_DRIVE_URL.format(id=release.gdrive_id)
+        try:
+            with tempfile.TemporaryDirectory(prefix=".gdown-", dir=folder) as scratch:
+                _install(_gdown_download(url, Path(scratch) / release.file_name, options), target, expected, url)
+            return target
+        except DownloadError as error:
+            failures.append(error)
+    raise _failure(release, target, partial, failures)
+
+
+def _install(downloaded: Path, target: Path, expected: str | None, url: str) -> None:
+    """Checks `downloaded` against `expected` (recording its sha256 if none is known), then renames it."""
+    actual = _sha256(downloaded)
+    if expected and actual != expected:
+        downloaded.unlink()
+        raise ChecksumError(
+            f"{url}: the downloaded file has sha256 {actual}, expected {expected}; it was deleted"
+        )
+    os.replace(downloaded, target)
+    if not expected:
+        _record_checksum(target.parent, target.name, actual)
+
+
+def _failure(release: Release, target: Path, partial: Path, failures: list[DownloadError]) -> DownloadError:
+    lines = [f"could not download the {release.name} checkpoint ({release.file_name}):"]
+    lines += [f"  {failure}" for failure in failures]
+    if partial.exists():
+        lines.append(f"{partial.stat().st_size:,} bytes are kept in {partial}; the next download resumes there.")
+    lines.append(
+        f"If you have the file, put it at {target} (${CACHE_ENV} sets the folder); it is then used without "
+        "any network."
+    )
+    kind = ChecksumError if any(isinstance(f, ChecksumError) for f in failures) else DownloadError
+    return kind("\n".join(lines))
+
+
+class _Transient(Exception):
+    """A failure worth retrying: connection errors, timeouts, 5xx answers, a body cut short."""
+
+
+def _http_download(url: str, partial: Path, name: str, options: DownloadOptions) -> None:
+    """Completes `partial` from `url`, resuming what it holds; retries transient failures with back-off."""
+    failed = 0
+    while True:
+        before = _size(partial)
+        try:
+            _http_attempt(url, partial, name, options)
+            return
+        except _Transient as error:
+            failed = 0 if _size(partial) > before else failed + 1
+            if failed > options.retries:
+                raise DownloadError(f"{url}: {error} (gave up after {options.retries} retries)") from None
+            time.sleep(options.backoff * 2 ** max(failed - 1, 0))
+
+
+def _http_attempt(url: str, partial: Path, name: str, options: DownloadOptions) -> None:
+    offset = _size(partial)
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=options.timeout)
+    except urllib.error.HTTPError as error:
+        with error:
+            if error.code == 416 and offset:
+                _check_range_not_satisfiable(error, partial, offset)
+                return
+            if error.code in _RETRIED_STATUSES:
+                raise _Transient(f"HTTP {error.code} {error.reason}") from None
+            raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except (OSError, http.client.HTTPException) as error:
+        raise _Transient(f"connection failed: {getattr(error, 'reason', error)}") from None
+    with response:
+        start, total = _body_range(url, response, offset)
+        with open(partial, "r+b" if start else "wb") as out:
+            out.seek(start)
+            out.truncate()
+            with _progress(name, total, start, options.quiet) as progress:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK_BYTES)
+                    except (OSError, http.client.HTTPException) as error:
+                        raise _Transient(f"connection lost after {out.tell():,} bytes: {error}") from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    progress.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+    if total is not None and size < total:
+        raise _Transient(f"the connection closed after {size:,} of {total:,} bytes")
+
+
+def _body_range(url: str, response: http.client.HTTPResponse, offset: int) -> tuple[int, int | None]:
+    """Where the body starts in the file, and the file's full size if the server says it."""
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range.strip())
+        if not match or int(match[1]) != offset:
+            raise DownloadError(f"{url}: asked for bytes {offset}- and got Content-Range {content_range!r}")
+        return offset, None if match[2] == "*" else int(match[2])
+    length = response.headers.get("Content-Length")
+    return 0, int(length) if length and length.isdigit() else None
+
+
+def _check_range_not_satisfiable(error: urllib.error.HTTPError, partial: Path, offset: int) -> None:
+    """HTTP 416 for a resumed download: the partial file is complete if its size is the file's size."""
+    match = re.fullmatch(r"bytes \*/(\d+)", (error.headers.get("Content-Range") or "").strip())
+    if not (match and int(match[1]) == offset):
+        partial.unlink()
+        raise _Transient(f"the server refused to resume at byte {offset:,}; starting again")
+
+
+def _gdown_download(url: str, output: Path, options: DownloadOptions) -> Path:
+    try:
+        import gdown
+    except ImportError:
+        raise DownloadError(
+            f"{url}: the Google Drive copy needs gdown: pip install 'perceiver-io-port[download]'"
+        ) from None
+    quiet = options.quiet or not sys.stderr.isatty()
+    try:
+        gdown.download(url=url, output=str(output), quiet=quiet)
+    except Exception as error:  # gdown raises its own and requests' errors
+        raise DownloadError(f"{url}: gdown failed: {type(error).__name__}: {error}") from None
+    if not output.is_file():
+        raise DownloadError(f"{url}: gdown did not download the file")
+    return output
+
+
+class _LineProgress:
+    """Progress as one rewritten stderr line, where tqdm is not installed."""
+
+    def __init__(self, name: str, total: int | None, initial: int, stream: TextIO):
+        self._name, self._total, self._done, self._stream = name, total, initial, stream
+        self._shown_at = 0.0
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._show()
+        self._stream.write("\n")
+        self._stream.flush()
+
+    def update(self, count: int) -> None:
+        self._done += count
+        if time.monotonic() - self._shown_at >= 0.25:
+            self._show()
+
+    def _show(self) -> None:
+        self._shown_at = time.monotonic()
+        line = f"\r{self._name}: {self._done / 1e6:,.1f} MB"
+        if self._total:
+            line += f" of {self._total / 1e6:,.1f} MB ({100 * self._done / self._total:.0f}%)"
+        self._stream.write(line)
+        self._stream.flush()
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        pass
+
+
+def _progress(name: str, total: int | None, initial: int, quiet: bool) -> Any:
+    """A progress bar on stderr: tqdm if installed, else one line; none if quiet or stderr is no TTY."""
+    if quiet or not sys.stderr.isatty():
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _LineProgress(name, total, initial, sys.stderr)
+    return tqdm(desc=name, total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, waiting_message: str | None = None) -> Iterator[None]:
+    """An exclusive fcntl lock on `path` (created if needed), held across processes for the block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                print(waiting_message, file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _release_lock(folder: Path, release: Release, quiet: bool) -> contextlib.AbstractContextManager[None]:
+    waiting = None if quiet or not sys.stderr.isatty() else (
+        f"waiting for another process that is fetching {release.file_name} into {folder}"
+    )
+    return _locked(folder / ".locks" / f"{release.file_name}.lock", waiting)
+
+
+def _recorded_checksums(folder: Path) -> dict[str, str]:
+    path = folder / CHECKSUMS_FILE
+    try:
+        checksums = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DownloadError(f"{path} is not readable JSON; delete it (the checksums are recorded again)") from None
+    if not isinstance(checksums, dict):
+        raise DownloadError(f"{path} is not a {{file name: sha256}} mapping; delete it")
+    return checksums
+
+
+def _record_checksum(folder: Path, file_name: str, sha256: str) -> None:
+    """Adds `file_name: sha256` to the cache's checksums.json, atomically and under its own lock."""
+    with _locked(folder / ".locks" / f"{CHECKSUMS_FILE}.lock"):
+        checksums = _recorded_checksums(folder)
+        checksums[file_name] = sha256
+        fd, temporary = tempfile.mkstemp(prefix=f".{CHECKSUMS_FILE}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(checksums, out, indent=1, sort_keys=True)
+            os.replace(temporary, folder / CHECKSUMS_FILE)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
