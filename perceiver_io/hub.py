@@ -109,8 +109,9 @@ RELEASES: dict[str, Release] = {
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    """How to download: `retries` failed attempts in a row (an attempt that received bytes resets the
-    count) with back-off `backoff * 2**k` seconds; `timeout` seconds of silence per read."""
+    """How to download: up to `retries` retries of failed attempts, after `backoff * 2**k` seconds (k = 0,
+    1, ...); an attempt that received bytes starts the count again, so a slow link that keeps dropping still
+    finishes. `timeout` is the seconds of silence allowed per read."""
 
     base_url: str | None = None
     quiet: bool = False
@@ -267,10 +268,10 @@ def _http_download(url: str, partial: Path, name: str, options: DownloadOptions)
             _http_attempt(url, partial, name, options)
             return
         except _Transient as error:
-            failed = 0 if _size(partial) > before else failed + 1
+            failed = 1 if _size(partial) > before else failed + 1
             if failed > options.retries:
                 raise DownloadError(f"{url}: {error} (gave up after {options.retries} retries)") from None
-            time.sleep(options.backoff * 2 ** max(failed - 1, 0))
+            time.sleep(options.backoff * 2 ** (failed - 1))
 
 
 def _http_attempt(url: str, partial: Path, name: str, options: DownloadOptions) -> None:
