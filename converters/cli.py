@@ -71,8 +71,9 @@ def _read_config(path: str | None):
 
 
 def _print_report(report: ConversionReport) -> None:
+    state = f" + {report.num_state_values:,} state values" if report.num_state_values else ""
     print(
-        f"converted {report.task}: {report.num_leaves} leaves, {report.num_parameters:,} parameters "
+        f"converted {report.task}: {report.num_leaves} leaves, {report.num_parameters:,} parameters{state} "
         f"-> {report.output} in {report.seconds:.2f} s"
     )
 

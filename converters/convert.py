@@ -139,6 +139,7 @@ class ConversionReport:
     output: Path
     num_leaves: int
     num_parameters: int
+    num_state_values: int
     seconds: float
     source_sha256: str | None
 
@@ -162,6 +163,8 @@ def convert_checkpoint(
     config = parse_config(task, config)
     checkpoint = load_haiku_checkpoint(source)
     tensors = plan_conversion(checkpoint, task, config)
+    state_keys = {rule.torch_key for rule in task_rules(task, config) if rule.collection == "state"}
+    sizes = {t.name: int(np.prod(t.shape, dtype=np.int64)) for t in tensors}
     metadata = checkpoint_metadata(task, config.to_json())
     if checkpoint.sha256:
         metadata["source_sha256"] = checkpoint.sha256
@@ -172,7 +175,8 @@ def convert_checkpoint(
         task=task,
         output=output,
         num_leaves=len(tensors),
-        num_parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in tensors),
+        num_parameters=sum(size for name, size in sizes.items() if name not in state_keys),
+        num_state_values=sum(size for name, size in sizes.items() if name in state_keys),
         seconds=time.perf_counter() - start,
         source_sha256=checkpoint.sha256,
     )

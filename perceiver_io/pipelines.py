@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from importlib import resources
+
 import numpy as np
 import torch
 
-from .tasks import LanguagePerceiver
+from .tasks import ImageClassifier, LanguagePerceiver
 from .tokenizer import MASK, NUM_SPECIAL_TOKENS, BytesTokenizer
 
 MASK_MARKER = "[MASK]"
+IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+CROP_PADDING = 32
 
 
 @torch.inference_mode()
@@ -34,3 +41,59 @@ def fill_mask(model: LanguagePerceiver, text: str, mask_marker: str = MASK_MARKE
     predicted = logits[:, NUM_SPECIAL_TOKENS:].argmax(-1).cpu().numpy() + NUM_SPECIAL_TOKENS
     filled = np.where(ids == MASK, predicted, ids)
     return tokenizer.decode(filled[input_mask.astype(bool)])
+
+
+@functools.cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, in the order of the classifiers' logits."""
+    text = (resources.files("perceiver_io") / "data" / "imagenet_classes.txt").read_text()
+    return tuple(text.splitlines())
+
+
+def _rgb_array(image) -> np.ndarray:
+    """A PIL image, an image file path or an array [H,W,3] (0-255) as float32 RGB [H,W,3]."""
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            return np.asarray(opened.convert("RGB"), dtype=np.float32)
+    if hasattr(image, "convert"):
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image [H,W,3], got an array of shape {array.shape}")
+    return array
+
+
+def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """An image as the ImageNet classifiers take it: [H,W,3] float32, normalised as the official colab.
+
+    The centre crop keeps size / (size + 32) of the shorter side (the official evaluation crop), is
+    resized to `size` with bicubic interpolation, then normalised: (x - mean*255) / (std*255).
+    """
+    from PIL import Image
+
+    pixels = _rgb_array(image)
+    height, width = pixels.shape[:2]
+    crop = int(size[0] / (size[0] + CROP_PADDING) * min(height, width))
+    top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
+    cropped = pixels[top: top + crop, left: left + crop]
+    resized = Image.fromarray(cropped.round().clip(0, 255).astype(np.uint8)).resize(
+        (size[1], size[0]), Image.Resampling.BICUBIC
+    )
+    return (np.asarray(resized, dtype=np.float32) - IMAGENET_MEAN_RGB) / IMAGENET_STDDEV_RGB
+
+
+@torch.inference_mode()
+def classify_image(model: ImageClassifier, image, top_k: int = 5) -> list[tuple[str, float]]:
+    """The `top_k` (class name, probability) pairs for a PIL image, an image file or an RGB array."""
+    parameter = next(model.parameters())
+    pixels = torch.from_numpy(imagenet_input(image, tuple(model.config.image_size)))[None]
+    logits = model(pixels.to(parameter.device, parameter.dtype))[0].float()
+    probabilities = torch.softmax(logits, dim=-1)
+    names = imagenet_classes() if model.config.num_classes == 1000 else None
+    best = torch.topk(probabilities, min(top_k, probabilities.numel()))
+    return [
+        (names[index] if names else str(index), float(probability))
+        for probability, index in zip(best.values.tolist(), best.indices.tolist())
+    ]

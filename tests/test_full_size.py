@@ -1,6 +1,6 @@
-"""Full size: a random tree with the released language checkpoint's shapes (about 800 MB), in the
+"""Full size: random trees with each released checkpoint's shapes (from the official manifests), in the
 released pickle format, converted by `convert-checkpoint` and loaded into the released configuration
-with nothing missing or left over. Slow: run with `pytest -m slow`."""
+with nothing missing or left over, then run once. Slow: run with `pytest -m slow`."""
 
 from __future__ import annotations
 
@@ -18,38 +18,53 @@ from perceiver_io.serialization import load
 
 from .conftest import manifest
 
+INPUTS = {
+    "language_mlm": lambda: {"inputs": torch.randint(6, 262, (1, 2048)),
+                             "input_mask": (torch.arange(2048) < 1500).int()[None]},
+    "imagenet_learned": lambda: {"images": torch.randn(1, 224, 224, 3)},
+    "imagenet_fourier": lambda: {"images": torch.randn(1, 224, 224, 3)},
+    "imagenet_conv": lambda: {"images": torch.randn(1, 224, 224, 3)},
+}
 
-def random_tree(task: str, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
+
+def random_tree(leaves: list[dict], rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
     tree: dict[str, dict[str, np.ndarray]] = {}
-    for leaf in manifest(task)["params"]:
-        tree.setdefault(leaf["module"], {})[leaf["name"]] = rng.standard_normal(leaf["shape"], dtype=np.float32) * 0.02
+    for leaf in leaves:
+        if leaf["dtype"] == "int32":
+            value = np.array(rng.integers(1, 100), dtype=np.int32).reshape(leaf["shape"])
+        elif leaf["module"].endswith("var_ema"):
+            value = rng.uniform(0.5, 2.0, leaf["shape"]).astype(np.float32)
+        else:
+            value = rng.standard_normal(leaf["shape"], dtype=np.float32) * 0.02
+        tree.setdefault(leaf["module"], {})[leaf["name"]] = value
     return tree
 
 
 @pytest.mark.slow
-def test_released_language_checkpoint_converts_and_loads(tmp_path):
-    source = tmp_path / "language_perceiver_io_bytes.pickle"
-    save_haiku_pickle(source, random_tree("language_mlm"))
-    output = tmp_path / "language_mlm.safetensors"
+@pytest.mark.parametrize("task", sorted(INPUTS))
+def test_released_checkpoint_converts_and_loads(task, tmp_path):
+    official = manifest(task)
+    rng = np.random.default_rng(0)
+    source = tmp_path / official["checkpoint"].rsplit("/", 1)[-1]
+    state = random_tree(official.get("state", []), rng) if "state" in official else None
+    save_haiku_pickle(source, random_tree(official["params"], rng), state)
+    output = tmp_path / f"{task}.safetensors"
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "converters.cli", str(source), "-o", str(output), "--task", "language_mlm"],
+        [sys.executable, "-m", "converters.cli", str(source), "-o", str(output), "--task", task],
         capture_output=True, text=True,
     )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     assert done.returncode == 0, done.stderr
     size = source.stat().st_size
-    print(f"\n{done.stdout.strip()}\nfull-size conversion: {seconds:.1f} s wall, peak RSS {peak / 2**20:.0f} MiB "
-          f"for a {size / 2**20:.0f} MiB checkpoint ({peak / size:.2f}x)")
-    assert "201,108,230 parameters" in done.stdout
+    print(f"\n{done.stdout.strip()}\n{task} full-size conversion: {seconds:.1f} s wall, peak RSS (largest child so "
+          f"far) {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB checkpoint")
+    assert f"{official['total_param_count']:,} parameters" in done.stdout
 
     model = load(output)
-    assert sum(p.numel() for p in model.parameters()) == manifest("language_mlm")["total_param_count"]
-    inputs = torch.randint(6, 262, (1, 2048))
-    mask = torch.ones(1, 2048, dtype=torch.int32)
-    mask[0, 1500:] = 0
+    assert sum(p.numel() for p in model.parameters()) == official["total_param_count"]
+    assert sum(b.numel() for b in model.buffers()) == official["total_state_count"]
     with torch.inference_mode():
-        logits = model(inputs, mask)
-    assert logits.shape == (1, 2048, 262) and torch.isfinite(logits).all()
+        out = model(**INPUTS[task]())
+    assert torch.isfinite(out).all()

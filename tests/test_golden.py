@@ -32,6 +32,8 @@ def test_conversion_accounts_for_every_leaf(converted):
     golden, report, model = converted
     manifest = json.loads((golden.folder / "param_manifest.json").read_text())
     assert report.num_leaves == len(manifest["params"]) + len(manifest.get("state", []))
+    assert report.num_parameters == manifest["total_param_count"]
+    assert report.num_state_values == manifest["total_state_count"]
     assert sum(p.numel() for p in model.parameters()) == manifest["total_param_count"]
     assert not model.training
 

@@ -1,0 +1,48 @@
+"""The image-classification helper: official crop and normalisation, top-k from an image file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from converters.convert import convert_checkpoint
+from perceiver_io.pipelines import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, classify_image, imagenet_classes, imagenet_input
+from perceiver_io.serialization import load
+
+from .conftest import Golden
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def test_class_names_are_the_imagenet_1000():
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[281] == "tabby"
+
+
+def test_crop_and_normalisation_follow_the_official_evaluation():
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    out = imagenet_input(Image.fromarray(pixels), (224, 224))
+    crop = int(224 / 256 * 300)  # 262 of the shorter side, centred
+    top, left = (300 - crop + 1) // 2, (400 - crop + 1) // 2
+    expected = np.asarray(
+        Image.fromarray(pixels[top: top + crop, left: left + crop]).resize((224, 224), Image.Resampling.BICUBIC),
+        dtype=np.float32,
+    )
+    np.testing.assert_allclose(out * IMAGENET_STDDEV_RGB + IMAGENET_MEAN_RGB, expected, atol=1e-3)
+
+
+def test_classify_an_image_file(tmp_path):
+    golden = Golden("imagenet_fourier")
+    converted = tmp_path / "classifier.safetensors"
+    convert_checkpoint(golden.checkpoint, converted, golden.task, golden.config)
+    model = load(converted)
+    path = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3)).astype(np.uint8)).save(path)
+
+    top = classify_image(model, path, top_k=3)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(imagenet_input(path, (16, 16)))[None])[0]
+    probabilities = torch.softmax(logits, -1)
+    assert [label for label, _ in top] == [str(i) for i in probabilities.argsort(descending=True)[:3].tolist()]
+    assert top[0][1] == pytest.approx(float(probabilities.max()), rel=1e-6)
