@@ -18,6 +18,7 @@ from typing import Callable
 from perceiver_io.configs import (
     DecoderConfig,
     EncoderConfig,
+    FlowConfig,
     ImageNetConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
@@ -201,11 +202,22 @@ def imagenet(config: ImageNetConfig) -> list[Rule]:
     ]
 
 
+def optical_flow(config: FlowConfig) -> list[Rule]:
+    """The optical-flow colab: `image_preprocessor` (`patches_linear`), the encoder and `flow_decoder`,
+    whose `basic_decoder` is made in its `__init__`."""
+    return [
+        *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
+        *perceiver_encoder(config.encoder, "perceiver.encoder"),
+        *basic_decoder(config.decoder, "flow_decoder/~/basic_decoder", "perceiver.decoder.basic_decoder"),
+    ]
+
+
 TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
     "language_mlm": language_mlm,
     "imagenet_learned": imagenet,
     "imagenet_fourier": imagenet,
     "imagenet_conv": imagenet,
+    "optical_flow": optical_flow,
 }
 
 

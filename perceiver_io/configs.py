@@ -322,3 +322,66 @@ IMAGENET_CONV = _imagenet(
     decoder_query_residual=True,
 )
 """`imagenet_conv_preprocessing.pystate`: conv stem + Fourier positions, 48,646,522 parameters + BatchNorm state."""
+
+
+@dataclass(frozen=True)
+class FlowDecoderConfig(DecoderConfig):
+    """Arguments of the official `FlowDecoder`: a `BasicDecoder`'s plus `rescale_factor` (its output is
+    divided by it). The queries are the preprocessed inputs, so the position encoding is never used."""
+
+    official_name: ClassVar[str] = "decoder"
+    output_num_channels: int | None = 2
+    rescale_factor: float = 100.0
+
+
+@dataclass(frozen=True)
+class FlowConfig(OfficialConfig):
+    """The optical-flow colab's configuration (`optical_flow.ipynb`)."""
+
+    official_name: ClassVar[str] = "optical_flow"
+    input_preprocessor: ImagePreprocessorConfig = field(metadata={"nested": ImagePreprocessorConfig})
+    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    decoder: FlowDecoderConfig = field(metadata={"nested": FlowDecoderConfig})
+    flow_scale_factor: float = field(default=20, metadata={"key": "FLOW_SCALE_FACTOR"})
+    train_size: tuple[int, int] = field(default=(368, 496), metadata={"key": "TRAIN_SIZE"})
+
+
+OPTICAL_FLOW = FlowConfig(
+    input_preprocessor=ImagePreprocessorConfig(
+        position_encoding_type="fourier",
+        fourier_position_encoding_kwargs=FourierPositionEncodingConfig(
+            num_bands=64, max_resolution=(368, 496), sine_only=False, concat_pos=True
+        ),
+        n_extra_pos_mlp=0,
+        prep_type="patches",
+        spatial_downsample=1,
+        conv_after_patching=True,
+        temporal_downsample=2,
+    ),
+    encoder=EncoderConfig(
+        num_self_attends_per_block=24,
+        num_blocks=1,
+        z_index_dim=2048,
+        num_cross_attend_heads=1,
+        num_z_channels=512,
+        num_self_attend_heads=16,
+        cross_attend_widening_factor=1,
+        self_attend_widening_factor=1,
+        dropout_prob=0.0,
+        z_pos_enc_init_scale=0.02,
+        cross_attention_shape_for_attn="kv",
+        name="perceiver_encoder",
+    ),
+    decoder=FlowDecoderConfig(
+        rescale_factor=100.0,
+        use_query_residual=False,
+        output_num_channels=2,
+        position_encoding_type="fourier",
+        fourier_position_encoding_kwargs=FourierPositionEncodingConfig(
+            concat_pos=True, max_resolution=(368, 496), num_bands=64, sine_only=False
+        ),
+    ),
+    flow_scale_factor=20,
+    train_size=(368, 496),
+)
+"""`optical_flow_checkpoint.pystate`: 41,057,134 parameters."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .attention import CrossAttention, make_cross_attention_mask
-from .configs import ConfigError, DecoderConfig
+from .configs import ConfigError, DecoderConfig, FlowDecoderConfig
 from .position_encoding import build_position_encoding, subsampled_positions
 
 
@@ -17,11 +17,12 @@ class BasicDecoder(nn.Module):
 
     `decoder_query` builds the queries [B,O,Cq] from a position encoding over `output_index_dims`
     ('trainable' or 'fourier'; with 'none' the caller brings queries of `query_channels`).
-    forward(query, z [B,N,Cz], query_mask [B,O]) -> [B,O,output_num_channels] with `final_project`,
-    else [B,O,Cq].
+    forward(query, z [B,N,z_channels], query_mask [B,O]) -> [B,O,output_num_channels] with
+    `final_project`, else [B,O,Cq]. As in the official code, the config's `num_z_channels` is not used:
+    the latents' width is the encoder's.
     """
 
-    def __init__(self, config: DecoderConfig, query_channels: int | None = None):
+    def __init__(self, config: DecoderConfig, z_channels: int, query_channels: int | None = None):
         super().__init__()
         self.config = config
         if config.position_encoding_type == "none":
@@ -41,7 +42,7 @@ class BasicDecoder(nn.Module):
         self.query_channels = query_channels
         self.cross_attention = CrossAttention(
             q_channels=query_channels,
-            kv_channels=config.num_z_channels,
+            kv_channels=z_channels,
             num_heads=config.num_heads,
             qk_channels=config.qk_channels,
             v_channels=config.v_channels,
@@ -82,10 +83,10 @@ class ClassificationDecoder(nn.Module):
     """One trainable query decoded into `num_classes` logits (official `ClassificationDecoder`, a
     `basic_decoder` with `output_index_dims=(1,)`): z [B,N,Cz] -> [B,num_classes]."""
 
-    def __init__(self, config: DecoderConfig, num_classes: int):
+    def __init__(self, config: DecoderConfig, z_channels: int, num_classes: int):
         super().__init__()
         self.basic_decoder = BasicDecoder(
-            dataclasses.replace(config, output_num_channels=num_classes, output_index_dims=(1,))
+            dataclasses.replace(config, output_num_channels=num_classes, output_index_dims=(1,)), z_channels
         )
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
@@ -93,3 +94,28 @@ class ClassificationDecoder(nn.Module):
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.basic_decoder(query, z)[:, 0, :]
+
+
+class FlowDecoder(nn.Module):
+    """Official `FlowDecoder`: the queries are the preprocessed inputs themselves [B,H*W,Cq]; a
+    `basic_decoder` (no query position encoding, no query residual) predicts [B,H*W,2], divided by
+    `rescale_factor` and reshaped to [B,*output_image_shape,2]."""
+
+    def __init__(
+        self, config: FlowDecoderConfig, z_channels: int, query_channels: int, output_image_shape: tuple[int, int]
+    ):
+        super().__init__()
+        self.config = config
+        self.output_image_shape = tuple(output_image_shape)
+        self.basic_decoder = BasicDecoder(
+            dataclasses.replace(config, position_encoding_type="none"), z_channels, query_channels
+        )
+
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
+        if subsampled_points is not None:
+            raise ValueError("the flow decoder predicts every pixel; it does not take subsampled points")
+        return inputs
+
+    def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        flow = self.basic_decoder(query, z) / self.config.rescale_factor
+        return flow.reshape(flow.shape[0], *self.output_image_shape, flow.shape[-1])

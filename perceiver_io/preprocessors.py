@@ -58,6 +58,14 @@ def space_to_depth(frames: torch.Tensor, temporal_block_size: int = 1, spatial_b
     raise ValueError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C] frames, got shape {tuple(frames.shape)}")
 
 
+def patches_for_flow(frames: torch.Tensor) -> torch.Tensor:
+    """Official `patches_for_flow`: the zero-padded 3x3 neighbourhood of every pixel of every frame,
+    channels ordered (kh, kw, c): [B,T,H,W,C] -> [B,T,H,W,9C]."""
+    height, width = frames.shape[2:4]
+    padded = torch.nn.functional.pad(frames, (0, 0, 1, 1, 1, 1))
+    return torch.cat([padded[:, :, i: i + height, j: j + width] for i in range(3) for j in range(3)], dim=-1)
+
+
 class ImagePreprocessor(nn.Module):
     """Official `ImagePreprocessor`: featurise images [B,H,W,C] (or frames [B,T,H,W,C]) with `prep_type`
     conv / conv1x1 / patches / pixels, flatten the grid to [B,N,C'] and concatenate (or add) a position

@@ -14,16 +14,18 @@ from .configs import (
     IMAGENET_FOURIER,
     IMAGENET_LEARNED,
     LANGUAGE_MLM,
+    OPTICAL_FLOW,
     ConfigError,
+    FlowConfig,
     ImageNetConfig,
     LanguageConfig,
     OfficialConfig,
 )
-from .decoders import BasicDecoder, ClassificationDecoder
+from .decoders import BasicDecoder, ClassificationDecoder, FlowDecoder
 from .encoder import PerceiverEncoder
 from .perceiver import Perceiver
 from .postprocessors import EmbeddingDecoder
-from .preprocessors import ImagePreprocessor, TokenPreprocessor
+from .preprocessors import ImagePreprocessor, TokenPreprocessor, patches_for_flow
 
 
 class LanguagePerceiver(nn.Module):
@@ -36,7 +38,7 @@ class LanguagePerceiver(nn.Module):
 
     def __init__(self, config: LanguageConfig = LANGUAGE_MLM):
         super().__init__()
-        decoder = BasicDecoder(config.decoder)
+        decoder = BasicDecoder(config.decoder, config.encoder.num_z_channels)
         decoder_channels = config.decoder.output_num_channels if config.decoder.final_project else decoder.query_channels
         if decoder_channels != config.d_model:
             raise ConfigError(
@@ -75,12 +77,43 @@ class ImageClassifier(nn.Module):
         preprocessor = ImagePreprocessor(config.input_preprocessor, in_channels=3, image_shape=config.image_size)
         self.perceiver = Perceiver(
             PerceiverEncoder(config.encoder, input_channels=preprocessor.num_channels),
-            ClassificationDecoder(config.decoder, config.num_classes),
+            ClassificationDecoder(config.decoder, config.encoder.num_z_channels, config.num_classes),
             input_preprocessor=preprocessor,
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.perceiver(images)
+
+
+class OpticalFlow(nn.Module):
+    """Optical flow between two frames (the official `optical_flow` colab).
+
+    forward(images [B,2,H,W,3] in [-1,1] (x/255*2-1), frames of the training size) -> flow [B,H,W,2] in
+    pixels, equal to the colab function's output: the decoder's output times FLOW_SCALE_FACTOR (20).
+    `raw_flow` gives the decoder's output itself (the model's prediction divided by rescale_factor, 100).
+    Frames of other sizes go through `perceiver_io.flow.tiled_flow`.
+    """
+
+    def __init__(self, config: FlowConfig = OPTICAL_FLOW):
+        super().__init__()
+        self.config = config
+        preprocessor = ImagePreprocessor(config.input_preprocessor, in_channels=27, image_shape=(2, *config.train_size))
+        self.perceiver = Perceiver(
+            PerceiverEncoder(config.encoder, input_channels=preprocessor.num_channels),
+            FlowDecoder(config.decoder, config.encoder.num_z_channels, preprocessor.num_channels, config.train_size),
+            input_preprocessor=preprocessor,
+        )
+
+    def raw_flow(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 5 or images.shape[1] != 2 or tuple(images.shape[2:4]) != tuple(self.config.train_size):
+            raise ValueError(
+                f"expected frame pairs [B,2,{self.config.train_size[0]},{self.config.train_size[1]},3], got "
+                f"{tuple(images.shape)}; use perceiver_io.flow.tiled_flow for frames of other sizes"
+            )
+        return self.perceiver(patches_for_flow(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.raw_flow(images) * self.config.flow_scale_factor
 
 
 @dataclass(frozen=True)
@@ -98,6 +131,7 @@ TASKS: dict[str, Task] = {
     "imagenet_learned": Task("imagenet_learned", ImageClassifier, ImageNetConfig, IMAGENET_LEARNED),
     "imagenet_fourier": Task("imagenet_fourier", ImageClassifier, ImageNetConfig, IMAGENET_FOURIER),
     "imagenet_conv": Task("imagenet_conv", ImageClassifier, ImageNetConfig, IMAGENET_CONV),
+    "optical_flow": Task("optical_flow", OpticalFlow, FlowConfig, OPTICAL_FLOW),
 }
 
 

@@ -16,7 +16,7 @@ from perceiver_io.serialization import load
 from .conftest import Golden
 
 TOLERANCE = 1e-4
-TASKS = ["language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv"]
+TASKS = ["language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv", "optical_flow"]
 STAGES = ["encoder_inputs", "inputs_without_pos", "z", "decoder_outputs"]
 
 

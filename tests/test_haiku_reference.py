@@ -107,8 +107,6 @@ def test_golden_checkpoint_reproduces_official_outputs(task):
     config, params, state, inputs, outputs, official = _load_golden(task)
     (output, intermediates), _ = tasks.build(task, config).apply(
         params, state, jax.random.PRNGKey(0), **inputs)
-    if task == "optical_flow":
-        output = output * config["FLOW_SCALE_FACTOR"]  # The colab function scales the model's flow.
     errors = {"out": _max_error(output, outputs["out"])}
     errors |= {name: _max_error(intermediates[name], value) for name, value in official.items()}
     print(f"{task}: max abs error {errors}")

@@ -6,8 +6,8 @@ golden `reduced_config.json`) and returns an `hk.TransformedWithState` whose app
 
 - language_mlm: `f(inputs [B,N] int, input_mask [B,N] int)` -> logits [B, N, vocab].
 - imagenet_*: `f(images [B,H,W,3] normalised)` -> logits [B, num_classes].
-- optical_flow: `f(images [B,2,H,W,3] in [-1,1])` -> flow [B, H, W, 2] as the model returns it
-  (after `/ rescale_factor`, before the colab's `* FLOW_SCALE_FACTOR`).
+- optical_flow: `f(images [B,2,H,W,3] in [-1,1])` -> flow [B, H, W, 2] in pixels, as the colab's
+  function returns it: the model's output (after `/ rescale_factor`) times `FLOW_SCALE_FACTOR`.
 - multimodal_autoencoding: `f(images [B,T,H,W,3], audio [B,S,1], subsampling)` -> {'audio':
   [B, n_a*spp], 'image': [B, n_i, 3], 'label': [B, num_classes]} for one chunk of queries.
 
@@ -59,8 +59,7 @@ def _imagenet(config, images, *, is_training):
 
 
 def _optical_flow(config, images, *, is_training):
-    """optical_flow.ipynb `optical_flow` without the final `* FLOW_SCALE_FACTOR`:
-    [B, 2, H, W, 3] -> [B, H, W, 2]."""
+    """optical_flow.ipynb `optical_flow`: [B, 2, H, W, 3] -> flow in pixels [B, H, W, 2]."""
     patches = io_processors.patches_for_flow(images)
     perceiver.record('patches_for_flow', patches)
     perceiver.record('perceiver_call_inputs', patches)
@@ -69,7 +68,7 @@ def _optical_flow(config, images, *, is_training):
         encoder=perceiver.PerceiverEncoder(**config['encoder']),
         decoder=perceiver.FlowDecoder(tuple(config['TRAIN_SIZE']), output_w_init=jnp.zeros,
                                       **config['decoder']))
-    return model(patches, is_training=is_training)
+    return model(patches, is_training=is_training) * config['FLOW_SCALE_FACTOR']
 
 
 def _multimodal_autoencoding(config, images, audio, subsampling, *, is_training):
