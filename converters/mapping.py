@@ -22,6 +22,7 @@ from perceiver_io.configs import (
     ImageNetConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
+    MultimodalConfig,
     OfficialConfig,
 )
 
@@ -172,7 +173,7 @@ def basic_decoder(config: DecoderConfig, module: str, torch: str) -> list[Rule]:
     """Official `BasicDecoder` at Haiku path `module`: its query encoding (made in `__init__`), then
     `cross_attention` and `output` (made in `__call__`)."""
     rules = [
-        *position_encoding(config.position_encoding_type, -1, f"{module}/~", f"{torch}.output_position_encoding"),
+        *position_encoding(config.position_encoding_type, -1, f"{module}/~", f"{torch}.queries.position_encoding"),
         *cross_attention(f"{module}/cross_attention", f"{torch}.cross_attention"),
     ]
     if config.final_project:
@@ -212,12 +213,41 @@ def optical_flow(config: FlowConfig) -> list[Rule]:
     ]
 
 
+def multimodal_autoencoding(config: MultimodalConfig) -> list[Rule]:
+    """The video-autoencoding colab: `multimodal_preprocessor` (per-modality paddings and mask tokens),
+    the encoder (named `encoder` there: the config's name), the label queries of the top-level
+    `classification_decoder` (only its queries are used), `multimodal_decoder` (query paddings, made in
+    `decoder_query`, and its shared `basic_decoder`), and the three postprocessors."""
+    modalities = sorted(config.modality_queries)
+    rules = [*perceiver_encoder(config.encoder, "perceiver.encoder")]
+    for modality in modalities:
+        rules += trainable_position_encoding(
+            f"multimodal_preprocessor/{modality}_padding", f"perceiver.input_preprocessor.padding.{modality}"
+        )
+        if config.mask_probs is not None:
+            rules += trainable_position_encoding(
+                f"multimodal_preprocessor/{modality}_mask_token", f"perceiver.input_preprocessor.mask_tokens.{modality}"
+            )
+        rules += trainable_position_encoding(
+            f"multimodal_decoder/~decoder_query/{modality}_padding", f"perceiver.decoder.padding.{modality}"
+        )
+    rules += position_encoding(
+        "trainable", -1, "classification_decoder/~/basic_decoder/~",
+        "perceiver.decoder.modality_queries.label.position_encoding",
+    )
+    rules += basic_decoder(config.shared_decoder, "multimodal_decoder/~/basic_decoder", "perceiver.decoder.basic_decoder")
+    for modality, postprocessor in (("audio", "audio"), ("image", "projection"), ("label", "classification")):
+        rules += linear(f"{postprocessor}_postprocessor/linear", f"perceiver.output_postprocessor.modalities.{modality}.linear")
+    return rules
+
+
 TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
     "language_mlm": language_mlm,
     "imagenet_learned": imagenet,
     "imagenet_fourier": imagenet,
     "imagenet_conv": imagenet,
     "optical_flow": optical_flow,
+    "multimodal_autoencoding": multimodal_autoencoding,
 }
 
 

@@ -385,3 +385,109 @@ OPTICAL_FLOW = FlowConfig(
     train_size=(368, 496),
 )
 """`optical_flow_checkpoint.pystate`: 41,057,134 parameters."""
+
+
+@dataclass(frozen=True)
+class MultimodalConfig(OfficialConfig):
+    """The video-autoencoding colab's configuration (`video_autoencoding.ipynb`: video, audio, label).
+
+    The colab builds its modules from these flat values; the properties below derive them in one place
+    for the model and the conversion rules. `decoder_num_z_channels` and `modality_output_num_channels`
+    are passed by the colab but have no effect (the official code ignores them), and are kept as data.
+    """
+
+    official_name: ClassVar[str] = "multimodal_autoencoding"
+    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    num_frames: int = field(default=16, metadata={"key": "NUM_FRAMES"})
+    audio_samples_per_frame: int = field(default=1920, metadata={"key": "AUDIO_SAMPLES_PER_FRAME"})
+    samples_per_patch: int = field(default=16, metadata={"key": "SAMPLES_PER_PATCH"})
+    num_classes: int = field(default=700, metadata={"key": "NUM_CLASSES"})
+    img_sz: int = field(default=56, metadata={"key": "IMG_SZ"})
+    image_hw: int = field(default=224, metadata={"key": "IMAGE_HW"})
+    nchunks: int = field(default=128, metadata={"key": "NCHUNKS"})
+    preproc_min_padding_size: int = 4
+    audio_num_bands: int = 192
+    image_num_bands: int = 32
+    image_spatial_downsample: int = 4
+    mask_probs: dict[str, float] | None = None
+    decoder_num_z_channels: int = 1024
+    modality_output_num_channels: int = 512
+    decoder_output_num_channels: int = 512
+    label_query_channels: int = 1024
+
+    @property
+    def num_audio_samples(self) -> int:
+        return self.num_frames * self.audio_samples_per_frame
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The video's (T, H, W), which the image queries cover at full resolution."""
+        return (self.num_frames, self.image_hw, self.image_hw)
+
+    @property
+    def audio_fourier(self) -> FourierPositionEncodingConfig:
+        return FourierPositionEncodingConfig(self.audio_num_bands, (self.num_audio_samples,), True, False)
+
+    @property
+    def image_fourier(self) -> FourierPositionEncodingConfig:
+        return FourierPositionEncodingConfig(self.image_num_bands, (self.num_frames, self.img_sz, self.img_sz), True, False)
+
+    @property
+    def image_preprocessor(self) -> ImagePreprocessorConfig:
+        return ImagePreprocessorConfig(
+            prep_type="patches",
+            spatial_downsample=self.image_spatial_downsample,
+            temporal_downsample=1,
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=self.image_fourier,
+        )
+
+    @property
+    def modality_queries(self) -> dict[str, DecoderConfig]:
+        """Per modality, the decoder whose queries the colab uses (their other arguments have no effect)."""
+        return {
+            "audio": DecoderConfig(
+                position_encoding_type="fourier",
+                output_index_dims=(self.num_audio_samples // self.samples_per_patch,),
+                fourier_position_encoding_kwargs=self.audio_fourier,
+            ),
+            "image": DecoderConfig(
+                position_encoding_type="fourier",
+                output_index_dims=self.image_shape,
+                fourier_position_encoding_kwargs=self.image_fourier,
+            ),
+            "label": DecoderConfig(
+                position_encoding_type="trainable",
+                output_index_dims=(1,),
+                trainable_position_encoding_kwargs=TrainablePositionEncodingConfig(self.label_query_channels, 0.02),
+            ),
+        }
+
+    @property
+    def shared_decoder(self) -> DecoderConfig:
+        """The `MultimodalDecoder`'s one decoder over all queries (official defaults: one head)."""
+        return DecoderConfig(
+            output_num_channels=self.decoder_output_num_channels,
+            position_encoding_type="none",
+            use_query_residual=False,
+        )
+
+
+MULTIMODAL_AUTOENCODING = MultimodalConfig(
+    encoder=EncoderConfig(
+        num_self_attends_per_block=8,
+        num_blocks=1,
+        z_index_dim=28 * 28,
+        num_z_channels=512,
+        num_cross_attend_heads=1,
+        num_self_attend_heads=8,
+        cross_attend_widening_factor=1,
+        self_attend_widening_factor=1,
+        dropout_prob=0.0,
+        z_pos_enc_init_scale=0.02,
+        cross_attention_shape_for_attn="kv",
+        name="encoder",
+    ),
+    mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+)
+"""`video_autoencoding_checkpoint.pystate`: 19,858,855 parameters."""

@@ -1,25 +1,52 @@
-"""Decoders, mirroring the official `BasicDecoder` and `ClassificationDecoder`."""
+"""Decoders, mirroring the official `BasicDecoder`, `ClassificationDecoder`, `FlowDecoder` and
+`MultimodalDecoder`."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
 
 from .attention import CrossAttention, make_cross_attention_mask
 from .configs import ConfigError, DecoderConfig, FlowDecoderConfig
-from .position_encoding import build_position_encoding, subsampled_positions
+from .position_encoding import TrainablePositionEncoding, build_position_encoding, subsampled_positions
+
+
+class DecoderQueries(nn.Module):
+    """The queries of a decoder: a position encoding over `output_index_dims` ('trainable' or 'fourier'),
+    as the official `BasicDecoder.decoder_query` builds them. forward(inputs [B,M,C], subsampled_points)
+    -> [B,O,Cq], or [B,len(points),Cq] for flat `subsampled_points` into `output_index_dims` (positions
+    -1 + 2 * coordinate / n)."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.index_dims = config.index_dims
+        self.position_encoding = build_position_encoding(
+            config.position_encoding_type,
+            self.index_dims,
+            trainable=config.trainable_position_encoding_kwargs,
+            fourier=config.fourier_position_encoding_kwargs,
+        )
+        self.num_channels = self.position_encoding.num_channels
+
+    def forward(self, inputs: torch.Tensor, subsampled_points: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size = inputs.shape[0]
+        pos = None
+        if subsampled_points is not None:
+            pos = subsampled_positions(subsampled_points.to(inputs.device), self.index_dims)
+            pos = pos.expand(batch_size, -1, -1)
+        return self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
 
 
 class BasicDecoder(nn.Module):
     """Queries cross-attend to the latents z, then an optional final Linear (official `BasicDecoder`).
 
-    `decoder_query` builds the queries [B,O,Cq] from a position encoding over `output_index_dims`
-    ('trainable' or 'fourier'; with 'none' the caller brings queries of `query_channels`).
-    forward(query, z [B,N,z_channels], query_mask [B,O]) -> [B,O,output_num_channels] with
-    `final_project`, else [B,O,Cq]. As in the official code, the config's `num_z_channels` is not used:
-    the latents' width is the encoder's.
+    `decoder_query` builds the queries [B,O,Cq] (`DecoderQueries`; with position encoding 'none' the
+    caller brings queries of `query_channels`). forward(query, z [B,N,z_channels], query_mask [B,O])
+    -> [B,O,output_num_channels] with `final_project`, else [B,O,Cq]. As in the official code, the
+    config's `num_z_channels` is not used: the latents' width is the encoder's.
     """
 
     def __init__(self, config: DecoderConfig, z_channels: int, query_channels: int | None = None):
@@ -28,15 +55,10 @@ class BasicDecoder(nn.Module):
         if config.position_encoding_type == "none":
             if query_channels is None:
                 raise ConfigError("a decoder without position encoding needs the width of the queries it is given")
-            self.output_position_encoding = None
+            self.queries = None
         else:
-            self.output_position_encoding = build_position_encoding(
-                config.position_encoding_type,
-                config.index_dims,
-                trainable=config.trainable_position_encoding_kwargs,
-                fourier=config.fourier_position_encoding_kwargs,
-            )
-            query_channels = self.output_position_encoding.num_channels
+            self.queries = DecoderQueries(config)
+            query_channels = self.queries.num_channels
         if config.final_project and config.output_num_channels is None:
             raise ConfigError("decoder output_num_channels is required with final_project")
         self.query_channels = query_channels
@@ -51,24 +73,10 @@ class BasicDecoder(nn.Module):
         )
         self.output = nn.Linear(query_channels, config.output_num_channels) if config.final_project else None
 
-    def decoder_query(
-        self,
-        inputs: torch.Tensor,
-        modality_sizes: dict[str, int] | None = None,
-        inputs_without_pos: torch.Tensor | None = None,
-        subsampled_points: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Queries for a batch of preprocessed inputs [B,M,C]: [B,O,Cq], or [B,len(points),Cq] for
-        `subsampled_points` (flat indices into `output_index_dims`)."""
-        if self.output_position_encoding is None:
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
+        if self.queries is None:
             raise ConfigError("this decoder has no position encoding to build queries from")
-        batch_size = inputs.shape[0]
-        index_dims = self.config.index_dims
-        pos = None
-        if subsampled_points is not None:
-            pos = subsampled_positions(subsampled_points.to(inputs.device), index_dims)
-            pos = pos.expand(batch_size, -1, -1)
-        return self.output_position_encoding(batch_size, index_dims, pos, inputs.device, inputs.dtype)
+        return self.queries(inputs, subsampled_points)
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         attention_mask = None
@@ -119,3 +127,48 @@ class FlowDecoder(nn.Module):
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         flow = self.basic_decoder(query, z) / self.config.rescale_factor
         return flow.reshape(flow.shape[0], *self.output_image_shape, flow.shape[-1])
+
+
+class MultimodalDecoder(nn.Module):
+    """Official `MultimodalDecoder`: each modality's `DecoderQueries` builds its queries, which are padded
+    with a learned vector `padding[m]` [1,k] up to max(Cq) + `min_padding_size` channels, concatenated in
+    sorted modality order and decoded by one shared `basic_decoder` (no query position encoding):
+    z [B,N,Cz] -> [B,sum O_m,output_num_channels]."""
+
+    def __init__(
+        self,
+        modality_queries: dict[str, DecoderQueries],
+        config: DecoderConfig,
+        z_channels: int,
+        min_padding_size: int = 2,
+    ):
+        super().__init__()
+        self.modalities = sorted(modality_queries)
+        self.modality_queries = nn.ModuleDict(modality_queries)
+        query_channels = max(q.num_channels for q in modality_queries.values()) + min_padding_size
+        self.padding = nn.ModuleDict(
+            {m: TrainablePositionEncoding(1, query_channels - q.num_channels) for m, q in modality_queries.items()}
+        )
+        self.basic_decoder = BasicDecoder(
+            dataclasses.replace(config, position_encoding_type="none"), z_channels, query_channels
+        )
+
+    def output_sizes(self, subsampled_points: dict | None = None) -> dict[str, int]:
+        """Queries per modality: the number of subsampled points, else the whole output grid."""
+        subsampled_points = subsampled_points or {}
+        return {
+            m: len(subsampled_points[m]) if subsampled_points.get(m) is not None else math.prod(queries.index_dims)
+            for m, queries in self.modality_queries.items()
+        }
+
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
+        subsampled_points = subsampled_points or {}
+        parts = []
+        for modality in self.modalities:
+            query = self.modality_queries[modality](inputs, subsampled_points.get(modality))
+            padding = self.padding[modality](query.shape[0]).to(query.dtype)
+            parts.append(torch.cat([query, padding.expand(-1, query.shape[1], -1)], dim=-1))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.basic_decoder(query, z, query_mask)

@@ -1,5 +1,5 @@
 """The Perceiver composition, mirroring the official `Perceiver`: preprocess the inputs, encode them into
-latents, build the decoder queries, decode."""
+latents, build the decoder queries, decode, postprocess."""
 
 from __future__ import annotations
 
@@ -11,33 +11,52 @@ from .preprocessors import PreprocessorOutput
 
 
 class Perceiver(nn.Module):
-    """inputs -> decoder outputs, in the official call order: preprocessor (optional), latents, decoder
-    queries, encoder (masked by `input_mask` [B,M]), decoder (masked by `query_mask` [B,O]).
+    """inputs -> outputs, in the official call order: preprocessor (optional), latents, decoder queries,
+    encoder (masked by `input_mask` [B,M]), decoder (masked by `query_mask` [B,O]), postprocessor
+    (optional; it receives the decoder's per-modality output sizes).
 
-    Without a preprocessor, `inputs` is the encoder's input array [B,M,C].
+    Without a preprocessor, `inputs` is the encoder's input array [B,M,C]. `encode` and `decode` are the
+    two halves, so that one encoding can be decoded in chunks of queries (`subsampled_points`).
     """
 
-    def __init__(self, encoder: PerceiverEncoder, decoder: nn.Module, input_preprocessor: nn.Module | None = None):
+    def __init__(
+        self,
+        encoder: PerceiverEncoder,
+        decoder: nn.Module,
+        input_preprocessor: nn.Module | None = None,
+        output_postprocessor: nn.Module | None = None,
+    ):
         super().__init__()
         self.input_preprocessor = input_preprocessor
         self.encoder = encoder
         self.decoder = decoder
+        self.output_postprocessor = output_postprocessor
 
-    def forward(
-        self,
-        inputs,
-        input_mask: torch.Tensor | None = None,
-        query_mask: torch.Tensor | None = None,
-        subsampled_points=None,
-    ) -> torch.Tensor:
+    def encode(self, inputs, input_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PreprocessorOutput]:
+        """The latents z [B,N,C] and the preprocessed inputs."""
         if self.input_preprocessor is not None:
             preprocessed = self.input_preprocessor(inputs)
         else:
             preprocessed = PreprocessorOutput(inputs, None, inputs)
-        inputs = preprocessed.inputs
-        latents = self.encoder.latents(inputs.shape[0])
+        latents = self.encoder.latents(preprocessed.inputs.shape[0])
+        return self.encoder(preprocessed.inputs, latents, input_mask), preprocessed
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        preprocessed: PreprocessorOutput,
+        query_mask: torch.Tensor | None = None,
+        subsampled_points=None,
+    ):
+        """Decodes the latents at the decoder's queries (or at `subsampled_points` of them)."""
         query = self.decoder.decoder_query(
-            inputs, preprocessed.modality_sizes, preprocessed.inputs_without_pos, subsampled_points
+            preprocessed.inputs, preprocessed.modality_sizes, preprocessed.inputs_without_pos, subsampled_points
         )
-        z = self.encoder(inputs, latents, input_mask)
-        return self.decoder(query, z, query_mask)
+        out = self.decoder(query, z, query_mask)
+        if self.output_postprocessor is None:
+            return out
+        return self.output_postprocessor(out, self.decoder.output_sizes(subsampled_points))
+
+    def forward(self, inputs, input_mask=None, query_mask=None, subsampled_points=None):
+        z, preprocessed = self.encode(inputs, input_mask)
+        return self.decode(z, preprocessed, query_mask, subsampled_points)

@@ -10,7 +10,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .configs import ConfigError, ImagePreprocessorConfig
+from .configs import ConfigError, FourierPositionEncodingConfig, ImagePreprocessorConfig
 from .conv import Conv2DDownsample, pad_same
 from .position_encoding import TrainablePositionEncoding, build_position_encoding
 
@@ -162,3 +162,96 @@ class ImagePreprocessor(nn.Module):
         else:
             inputs = features + pos
         return PreprocessorOutput(inputs, None, features)
+
+
+class AudioPreprocessor(nn.Module):
+    """Official `AudioPreprocessor` ('patches'): audio [B,S,1] -> patches of `samples_per_patch`
+    consecutive samples [B,S/spp,spp], with a 1-d Fourier position encoding concatenated (or added)."""
+
+    def __init__(
+        self,
+        samples_per_patch: int,
+        fourier: FourierPositionEncodingConfig,
+        concat_or_add_pos: str = "concat",
+    ):
+        super().__init__()
+        self.samples_per_patch = samples_per_patch
+        self.concat_or_add_pos = concat_or_add_pos
+        self.position_encoding = build_position_encoding("fourier", (1,), fourier=fourier)
+        self.num_channels = samples_per_patch + (self.position_encoding.num_channels if concat_or_add_pos == "concat" else 0)
+
+    def forward(self, audio: torch.Tensor) -> PreprocessorOutput:
+        patches = audio.reshape(audio.shape[0], -1, self.samples_per_patch)
+        pos = self.position_encoding(patches.shape[0], (patches.shape[1],), device=patches.device, dtype=patches.dtype)
+        inputs = torch.cat([patches, pos], dim=-1) if self.concat_or_add_pos == "concat" else patches + pos
+        return PreprocessorOutput(inputs, None, patches)
+
+
+class OneHotPreprocessor(nn.Module):
+    """Official `OneHotPreprocessor`: [B,C] -> one token [B,1,C], without position encoding."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_channels = num_classes
+
+    def forward(self, labels: torch.Tensor) -> PreprocessorOutput:
+        tokens = labels[:, None, :]
+        return PreprocessorOutput(tokens, None, tokens)
+
+
+class MultimodalPreprocessor(nn.Module):
+    """Official `MultimodalPreprocessor`: preprocess each modality, pad its tokens with a learned vector
+    `padding[m]` [1,k] to max(C_m) + `min_padding_size` channels, optionally replace tokens by a learned
+    `mask_tokens[m]` [1,C] with probability `mask_probs[m]`, and concatenate in sorted modality order.
+
+    inputs {m: tensor} -> PreprocessorOutput([B,sum N_m,C], {m: N_m}, {m: inputs without positions}).
+    Masking with probability 0 or 1 draws nothing; other probabilities draw from `generator` (torch's
+    default one when None), so they cannot reproduce JAX's random numbers.
+    """
+
+    def __init__(
+        self,
+        modalities: dict[str, nn.Module],
+        min_padding_size: int = 2,
+        mask_probs: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        self.modalities = nn.ModuleDict(modalities)
+        self.num_channels = max(m.num_channels for m in modalities.values()) + min_padding_size
+        self.padding = nn.ModuleDict(
+            {name: TrainablePositionEncoding(1, self.num_channels - m.num_channels) for name, m in modalities.items()}
+        )
+        self.mask_probs = dict(mask_probs) if mask_probs is not None else None
+        self.mask_tokens = None
+        if mask_probs is not None:
+            if set(mask_probs) != set(modalities):
+                raise ConfigError(f"mask_probs names {sorted(mask_probs)}, the modalities are {sorted(modalities)}")
+            self.mask_tokens = nn.ModuleDict({name: TrainablePositionEncoding(1, self.num_channels) for name in modalities})
+        self.generator: torch.Generator | None = None
+
+    def _mask(self, name: str, tokens: torch.Tensor) -> torch.Tensor:
+        probability = self.mask_probs[name]
+        if probability <= 0:
+            return tokens
+        token = self.mask_tokens[name](tokens.shape[0]).to(tokens.dtype)
+        if probability >= 1:
+            return token.expand_as(tokens).clone()
+        drawn = torch.rand(tokens.shape[:2], generator=self.generator, device=tokens.device) < probability
+        return torch.where(drawn[..., None], token, tokens)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> PreprocessorOutput:
+        missing = sorted(set(self.modalities) - set(inputs))
+        if missing:
+            raise ValueError(f"missing modalities {missing}; expected {sorted(self.modalities)}")
+        tokens, sizes, without_pos = [], {}, {}
+        for name in sorted(self.modalities):
+            output = self.modalities[name](inputs[name])
+            x = output.inputs
+            padding = self.padding[name](x.shape[0]).to(x.dtype).expand(-1, x.shape[1], -1)
+            x = torch.cat([x, padding], dim=-1)
+            if self.mask_tokens is not None:
+                x = self._mask(name, x)
+            tokens.append(x)
+            sizes[name] = x.shape[1]
+            without_pos[name] = output.inputs_without_pos
+        return PreprocessorOutput(torch.cat(tokens, dim=1), sizes, without_pos)

@@ -3,6 +3,7 @@ and the registry that names them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -14,18 +15,33 @@ from .configs import (
     IMAGENET_FOURIER,
     IMAGENET_LEARNED,
     LANGUAGE_MLM,
+    MULTIMODAL_AUTOENCODING,
     OPTICAL_FLOW,
     ConfigError,
     FlowConfig,
     ImageNetConfig,
     LanguageConfig,
+    MultimodalConfig,
     OfficialConfig,
 )
-from .decoders import BasicDecoder, ClassificationDecoder, FlowDecoder
+from .decoders import BasicDecoder, ClassificationDecoder, DecoderQueries, FlowDecoder, MultimodalDecoder
 from .encoder import PerceiverEncoder
 from .perceiver import Perceiver
-from .postprocessors import EmbeddingDecoder
-from .preprocessors import ImagePreprocessor, TokenPreprocessor, patches_for_flow
+from .postprocessors import (
+    AudioPostprocessor,
+    ClassificationPostprocessor,
+    EmbeddingDecoder,
+    MultimodalPostprocessor,
+    ProjectionPostprocessor,
+)
+from .preprocessors import (
+    AudioPreprocessor,
+    ImagePreprocessor,
+    MultimodalPreprocessor,
+    OneHotPreprocessor,
+    TokenPreprocessor,
+    patches_for_flow,
+)
 
 
 class LanguagePerceiver(nn.Module):
@@ -116,6 +132,88 @@ class OpticalFlow(nn.Module):
         return self.raw_flow(images) * self.config.flow_scale_factor
 
 
+class VideoAutoencoder(nn.Module):
+    """Multimodal autoencoder of video, audio and label (the official `video_autoencoding` colab).
+
+    forward(images [B,T,H,W,3] in [0,1], audio [B,S,1] in [-1,1], subsampled_points {'image': idx,
+    'audio': idx, 'label': None}) -> {'audio': [B,n_a*spp], 'image': [B,n_i,3], 'label': [B,classes]}, the
+    outputs at the subsampled points (flat indices into the (T,H,W) grid and the audio patches), or at
+    every point when `subsampled_points` is None. The label input is zeros, as in the colab; the released
+    model replaces it by its mask token. `reconstruct` decodes a whole clip in chunks.
+    """
+
+    def __init__(self, config: MultimodalConfig = MULTIMODAL_AUTOENCODING):
+        super().__init__()
+        self.config = config
+        preprocessor = MultimodalPreprocessor(
+            {
+                "audio": AudioPreprocessor(config.samples_per_patch, config.audio_fourier),
+                "image": ImagePreprocessor(config.image_preprocessor, in_channels=3, image_shape=config.image_shape),
+                "label": OneHotPreprocessor(config.num_classes),
+            },
+            config.preproc_min_padding_size,
+            config.mask_probs,
+        )
+        decoder = MultimodalDecoder(
+            {name: DecoderQueries(queries) for name, queries in config.modality_queries.items()},
+            config.shared_decoder,
+            config.encoder.num_z_channels,
+        )
+        channels = config.decoder_output_num_channels
+        postprocessor = MultimodalPostprocessor(
+            {
+                "audio": AudioPostprocessor(channels, config.samples_per_patch),
+                "image": ProjectionPostprocessor(channels, 3),
+                "label": ClassificationPostprocessor(channels, config.num_classes),
+            }
+        )
+        self.perceiver = Perceiver(
+            PerceiverEncoder(config.encoder, input_channels=preprocessor.num_channels),
+            decoder,
+            input_preprocessor=preprocessor,
+            output_postprocessor=postprocessor,
+        )
+
+    def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        config = self.config
+        if tuple(images.shape[1:]) != (*config.image_shape, 3) or tuple(audio.shape[1:]) != (config.num_audio_samples, 1):
+            raise ValueError(
+                f"expected images [B,{','.join(map(str, config.image_shape))},3] and audio "
+                f"[B,{config.num_audio_samples},1], got {tuple(images.shape)} and {tuple(audio.shape)}"
+            )
+        label = torch.zeros(images.shape[0], config.num_classes, dtype=images.dtype, device=images.device)
+        return {"audio": audio, "image": images, "label": label}
+
+    def forward(self, images: torch.Tensor, audio: torch.Tensor, subsampled_points: dict | None = None):
+        return self.perceiver(self._inputs(images, audio), subsampled_points=subsampled_points)
+
+    def chunks(self, num_chunks: int | None = None) -> list[dict[str, torch.Tensor | None]]:
+        """The subsampled points of each chunk, as the colab's `autoencode_video` takes them: consecutive
+        ranges of image points and of audio patches (split as evenly as possible when not divisible)."""
+        num_chunks = num_chunks or self.config.nchunks
+        image_points = torch.arange(math.prod(self.config.image_shape))
+        audio_points = torch.arange(self.config.num_audio_samples // self.config.samples_per_patch)
+        return [
+            {"image": image, "audio": audio, "label": None}
+            for image, audio in zip(torch.tensor_split(image_points, num_chunks), torch.tensor_split(audio_points, num_chunks))
+        ]
+
+    def reconstruct(self, images: torch.Tensor, audio: torch.Tensor, num_chunks: int | None = None) -> dict:
+        """The whole clip decoded in `num_chunks` chunks (default: the colab's NCHUNKS, 128), the encoder run
+        once: {'image': [B,T,H,W,3], 'audio': [B,S,1], 'label': [B,classes]}. Memory is bounded by one chunk."""
+        z, preprocessed = self.perceiver.encode(self._inputs(images, audio))
+        pieces: dict[str, list[torch.Tensor]] = {"image": [], "audio": []}
+        for points in self.chunks(num_chunks):
+            output = self.perceiver.decode(z, preprocessed, subsampled_points=points)
+            for name in pieces:
+                pieces[name].append(output[name])
+        return {
+            "image": torch.cat(pieces["image"], dim=1).reshape(images.shape),
+            "audio": torch.cat(pieces["audio"], dim=1).reshape(audio.shape),
+            "label": output["label"],
+        }
+
+
 @dataclass(frozen=True)
 class Task:
     """A released task: its model class, config type and released configuration."""
@@ -132,6 +230,9 @@ TASKS: dict[str, Task] = {
     "imagenet_fourier": Task("imagenet_fourier", ImageClassifier, ImageNetConfig, IMAGENET_FOURIER),
     "imagenet_conv": Task("imagenet_conv", ImageClassifier, ImageNetConfig, IMAGENET_CONV),
     "optical_flow": Task("optical_flow", OpticalFlow, FlowConfig, OPTICAL_FLOW),
+    "multimodal_autoencoding": Task(
+        "multimodal_autoencoding", VideoAutoencoder, MultimodalConfig, MULTIMODAL_AUTOENCODING
+    ),
 }
 
 
