@@ -24,6 +24,7 @@ _EXPORTS = {
     "BytesTokenizer": "perceiver_io.tokenizer",
     "fill_mask": "perceiver_io.pipelines",
     "classify_image": "perceiver_io.pipelines",
+    "reconstruct_video": "perceiver_io.pipelines",
     "RELEASES": "perceiver_io.hub",
     "download": "perceiver_io.hub",
 }

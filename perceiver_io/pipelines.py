@@ -9,7 +9,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .tasks import ImageClassifier, LanguagePerceiver
+from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
 from .tokenizer import MASK, NUM_SPECIAL_TOKENS, BytesTokenizer
 
 MASK_MARKER = "[MASK]"
@@ -97,3 +97,39 @@ def classify_image(model: ImageClassifier, image, top_k: int = 5) -> list[tuple[
         (names[index] if names else str(index), float(probability))
         for probability, index in zip(best.values.tolist(), best.indices.tolist())
     ]
+
+
+@torch.inference_mode()
+def reconstruct_video(
+    model: VideoAutoencoder, images, audio=None, num_chunks: int | None = None
+) -> dict[str, np.ndarray]:
+    """Reconstructs a clip: video `images` [T,H,W,3] or [B,T,H,W,3] in [0,1] and `audio` [S] / [S,1] /
+    [B,S,1] in [-1,1], or the path of an .npz file holding arrays `images` and `audio`. Decodes in
+    `num_chunks` chunks (default: the colab's 128), running the encoder once.
+
+    Returns {'image': [B,T,H,W,3], 'audio': [B,S,1], 'label': [B,classes]} as numpy arrays (B = 1 for
+    unbatched inputs).
+    """
+    if isinstance(images, (str, os.PathLike)):
+        if audio is not None:
+            raise ValueError("pass either an .npz file or the images and audio arrays, not both")
+        with np.load(images, allow_pickle=False) as arrays:
+            missing = sorted({"images", "audio"} - set(arrays.files))
+            if missing:
+                raise ValueError(f"{images} lacks the arrays {missing} (it has {sorted(arrays.files)})")
+            images, audio = arrays["images"], arrays["audio"]
+    images = np.asarray(images, dtype=np.float32)
+    audio = np.asarray(audio, dtype=np.float32)
+    if images.ndim == 4:
+        images = images[None]
+    if audio.ndim == 1:
+        audio = audio[None, :, None]
+    elif audio.ndim == 2:
+        audio = audio[None]
+    parameter = next(model.parameters())
+    reconstruction = model.reconstruct(
+        torch.from_numpy(images).to(parameter.device, parameter.dtype),
+        torch.from_numpy(audio).to(parameter.device, parameter.dtype),
+        num_chunks,
+    )
+    return {name: value.float().cpu().numpy() for name, value in reconstruction.items()}

@@ -137,3 +137,18 @@ def test_intermediate_masking_probability_draws_from_the_generator(model, golden
     finally:
         preprocessor.mask_probs.update(saved)
         preprocessor.generator = None
+
+
+def test_reconstruct_video_from_arrays_or_an_npz_file(model, golden, tmp_path):
+    from perceiver_io.pipelines import reconstruct_video
+
+    path = tmp_path / "clip.npz"
+    np.savez(path, images=golden.inputs["images"][0], audio=golden.inputs["audio"][0])
+    from_file = reconstruct_video(model, path, num_chunks=CHUNKS)
+    from_arrays = reconstruct_video(model, golden.inputs["images"], golden.inputs["audio"], num_chunks=CHUNKS)
+    for name in ("image", "audio", "label"):
+        np.testing.assert_allclose(from_file[name][0], from_arrays[name][0], atol=1e-6)
+        assert np.abs(from_arrays[name] - golden.outputs[f"reconstruction/{name}"]).max() <= OUTPUT_TOLERANCE
+    np.savez(tmp_path / "bad.npz", video=golden.inputs["images"][0])
+    with pytest.raises(ValueError, match=r"lacks the arrays \['audio', 'images'\]"):
+        reconstruct_video(model, tmp_path / "bad.npz")
