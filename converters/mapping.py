@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from perceiver_io.configs import (
+    AudioPreprocessorConfig,
     DecoderConfig,
     EncoderConfig,
     FlowConfig,
@@ -122,6 +123,16 @@ def position_encoding(encoding_type: str, project_pos_dim: int, module: str, tor
     return rules
 
 
+def network_inputs(config: ImagePreprocessorConfig | AudioPreprocessorConfig, module: str, torch: str) -> list[Rule]:
+    """A preprocessor's `_build_network_inputs`: its position encoding and `n_extra_pos_mlp` Linears,
+    all made in that method (Haiku path `{module}/~_build_network_inputs`)."""
+    built = f"{module}/~_build_network_inputs"
+    rules = position_encoding(config.position_encoding_type, config.project_pos_dim, built, f"{torch}.position_encoding")
+    for index in range(config.n_extra_pos_mlp):
+        rules += linear(f"{built}/{numbered('linear', index)}", f"{torch}.extra_pos_mlps.{index}")
+    return rules
+
+
 def batchnorm(module: str, torch: str) -> list[Rule]:
     """`hk.BatchNorm`: scale/offset parameters and the `mean_ema`/`var_ema` state, every leaf kept."""
     rules = [
@@ -161,12 +172,7 @@ def image_preprocessor(config: ImagePreprocessorConfig, torch: str) -> list[Rule
         ]
     elif config.prep_type == "patches" and config.conv_after_patching:
         rules += linear(f"{module}/patches_linear", f"{torch}.patches_linear")
-    return rules + position_encoding(
-        config.position_encoding_type,
-        config.project_pos_dim,
-        f"{module}/~_build_network_inputs",
-        f"{torch}.position_encoding",
-    )
+    return rules + network_inputs(config, module, f"{torch}.network_inputs")
 
 
 def basic_decoder(config: DecoderConfig, module: str, torch: str) -> list[Rule]:

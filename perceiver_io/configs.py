@@ -126,8 +126,26 @@ class ImagePreprocessorConfig(OfficialConfig):
             raise ConfigError(f"input_preprocessor.prep_type={self.prep_type!r}; expected conv, conv1x1, patches or pixels")
         if self.concat_or_add_pos not in ("concat", "add"):
             raise ConfigError(f"input_preprocessor.concat_or_add_pos={self.concat_or_add_pos!r}; expected concat or add")
-        if self.n_extra_pos_mlp:
-            raise ConfigError("input_preprocessor.n_extra_pos_mlp > 0 is not supported yet")
+
+
+@dataclass(frozen=True)
+class AudioPreprocessorConfig(OfficialConfig):
+    """Arguments of the official `AudioPreprocessor`."""
+
+    official_name: ClassVar[str] = "audio_preprocessor"
+    prep_type: str = "patches"
+    samples_per_patch: int = 96
+    position_encoding_type: str = "fourier"
+    n_extra_pos_mlp: int = 0
+    concat_or_add_pos: str = "concat"
+    project_pos_dim: int = -1
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
+    name: str = "audio_preprocessor"
+
+    def __post_init__(self):
+        if self.prep_type != "patches":
+            raise ConfigError(f"audio prep_type={self.prep_type!r}; the official audio preprocessor only has 'patches'")
 
 
 @dataclass(frozen=True)
@@ -427,6 +445,14 @@ class MultimodalConfig(OfficialConfig):
     @property
     def audio_fourier(self) -> FourierPositionEncodingConfig:
         return FourierPositionEncodingConfig(self.audio_num_bands, (self.num_audio_samples,), True, False)
+
+    @property
+    def audio_preprocessor(self) -> AudioPreprocessorConfig:
+        return AudioPreprocessorConfig(
+            samples_per_patch=self.samples_per_patch,
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=self.audio_fourier,
+        )
 
     @property
     def image_fourier(self) -> FourierPositionEncodingConfig:

@@ -10,7 +10,13 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .configs import ConfigError, FourierPositionEncodingConfig, ImagePreprocessorConfig
+from .configs import (
+    AudioPreprocessorConfig,
+    ConfigError,
+    FourierPositionEncodingConfig,
+    ImagePreprocessorConfig,
+    TrainablePositionEncodingConfig,
+)
 from .conv import Conv2DDownsample, pad_same
 from .position_encoding import TrainablePositionEncoding, build_position_encoding
 
@@ -58,6 +64,44 @@ def space_to_depth(frames: torch.Tensor, temporal_block_size: int = 1, spatial_b
     raise ValueError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C] frames, got shape {tuple(frames.shape)}")
 
 
+class NetworkInputs(nn.Module):
+    """The official preprocessors' `_build_network_inputs`: a position encoding over the feature grid,
+    deepened by `n_extra_pos_mlp` residual Linear layers (ReLU between them), then concatenated to the
+    features or added: features [B,N,C] over `grid` -> [B,N,C + Cpos] (or [B,N,C])."""
+
+    def __init__(
+        self,
+        feature_channels: int,
+        grid: Sequence[int],
+        position_encoding_type: str,
+        project_pos_dim: int,
+        trainable: TrainablePositionEncodingConfig | None,
+        fourier: FourierPositionEncodingConfig | None,
+        n_extra_pos_mlp: int,
+        concat_or_add_pos: str,
+    ):
+        super().__init__()
+        if concat_or_add_pos not in ("concat", "add"):
+            raise ConfigError(f"concat_or_add_pos={concat_or_add_pos!r}; expected 'concat' or 'add'")
+        self.concat_or_add_pos = concat_or_add_pos
+        self.position_encoding = build_position_encoding(position_encoding_type, grid, project_pos_dim, trainable, fourier)
+        position_channels = self.position_encoding.num_channels
+        self.extra_pos_mlps = nn.ModuleList(nn.Linear(position_channels, position_channels) for _ in range(n_extra_pos_mlp))
+        if concat_or_add_pos == "add" and position_channels != feature_channels:
+            raise ConfigError(
+                f"adding positions needs as many position channels ({position_channels}) as features ({feature_channels})"
+            )
+        self.num_channels = feature_channels + (position_channels if concat_or_add_pos == "concat" else 0)
+
+    def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        pos = self.position_encoding(features.shape[0], grid, device=features.device, dtype=features.dtype)
+        for index, mlp in enumerate(self.extra_pos_mlps):
+            pos = pos + mlp(pos)
+            if index < len(self.extra_pos_mlps) - 1:
+                pos = torch.relu(pos)
+        return torch.cat([features, pos], dim=-1) if self.concat_or_add_pos == "concat" else features + pos
+
+
 def patches_for_flow(frames: torch.Tensor) -> torch.Tensor:
     """Official `patches_for_flow`: the zero-padded 3x3 neighbourhood of every pixel of every frame,
     channels ordered (kh, kw, c): [B,T,H,W,C] -> [B,T,H,W,9C]."""
@@ -101,20 +145,18 @@ class ImagePreprocessor(nn.Module):
         grid = self.feature_grid(image_shape) if image_shape is not None else None
         if config.position_encoding_type == "trainable" and grid is None:
             raise ConfigError("a trainable image position encoding needs the image size")
-        self.position_encoding = build_position_encoding(
-            config.position_encoding_type,
+        self.network_inputs = NetworkInputs(
+            feature_channels,
             grid or (1,) * (len(image_shape) if image_shape else 2),
+            config.position_encoding_type,
             config.project_pos_dim,
             config.trainable_position_encoding_kwargs,
             config.fourier_position_encoding_kwargs,
+            config.n_extra_pos_mlp,
+            config.concat_or_add_pos,
         )
-        position_channels = self.position_encoding.num_channels
-        if config.concat_or_add_pos == "add" and position_channels != feature_channels:
-            raise ConfigError(
-                f"adding positions needs as many position channels ({position_channels}) as features ({feature_channels})"
-            )
         self.feature_channels = feature_channels
-        self.num_channels = feature_channels + (position_channels if config.concat_or_add_pos == "concat" else 0)
+        self.num_channels = self.network_inputs.num_channels
 
     def feature_grid(self, image_shape: Sequence[int]) -> tuple[int, ...]:
         """The index grid after featurisation of an input of spatial (or T,H,W) size `image_shape`."""
@@ -156,43 +198,45 @@ class ImagePreprocessor(nn.Module):
         features = self._featurise(images)
         batch_size, grid = features.shape[0], tuple(features.shape[1:-1])
         features = features.reshape(batch_size, math.prod(grid), features.shape[-1])
-        pos = self.position_encoding(batch_size, grid, device=features.device, dtype=features.dtype)
-        if self.config.concat_or_add_pos == "concat":
-            inputs = torch.cat([features, pos], dim=-1)
-        else:
-            inputs = features + pos
-        return PreprocessorOutput(inputs, None, features)
+        return PreprocessorOutput(self.network_inputs(features, grid), None, features)
 
 
 class AudioPreprocessor(nn.Module):
     """Official `AudioPreprocessor` ('patches'): audio [B,S,1] -> patches of `samples_per_patch`
-    consecutive samples [B,S/spp,spp], with a 1-d Fourier position encoding concatenated (or added)."""
+    consecutive samples [B,S/spp,spp], with a position encoding concatenated (or added).
 
-    def __init__(
-        self,
-        samples_per_patch: int,
-        fourier: FourierPositionEncodingConfig,
-        concat_or_add_pos: str = "concat",
-    ):
+    `num_samples` is needed for a trainable position encoding, whose size is fixed."""
+
+    def __init__(self, config: AudioPreprocessorConfig, num_samples: int | None = None):
         super().__init__()
-        self.samples_per_patch = samples_per_patch
-        self.concat_or_add_pos = concat_or_add_pos
-        self.position_encoding = build_position_encoding("fourier", (1,), fourier=fourier)
-        self.num_channels = samples_per_patch + (self.position_encoding.num_channels if concat_or_add_pos == "concat" else 0)
+        self.config = config
+        spp = config.samples_per_patch
+        if config.position_encoding_type == "trainable" and num_samples is None:
+            raise ConfigError("a trainable audio position encoding needs the number of samples")
+        grid = (num_samples // spp,) if num_samples is not None else (1,)
+        self.network_inputs = NetworkInputs(
+            spp,
+            grid,
+            config.position_encoding_type,
+            config.project_pos_dim,
+            config.trainable_position_encoding_kwargs,
+            config.fourier_position_encoding_kwargs,
+            config.n_extra_pos_mlp,
+            config.concat_or_add_pos,
+        )
+        self.num_channels = self.network_inputs.num_channels
 
     def forward(self, audio: torch.Tensor) -> PreprocessorOutput:
-        patches = audio.reshape(audio.shape[0], -1, self.samples_per_patch)
-        pos = self.position_encoding(patches.shape[0], (patches.shape[1],), device=patches.device, dtype=patches.dtype)
-        inputs = torch.cat([patches, pos], dim=-1) if self.concat_or_add_pos == "concat" else patches + pos
-        return PreprocessorOutput(inputs, None, patches)
+        patches = audio.reshape(audio.shape[0], -1, self.config.samples_per_patch)
+        return PreprocessorOutput(self.network_inputs(patches, (patches.shape[1],)), None, patches)
 
 
 class OneHotPreprocessor(nn.Module):
     """Official `OneHotPreprocessor`: [B,C] -> one token [B,1,C], without position encoding."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_channels: int):
         super().__init__()
-        self.num_channels = num_classes
+        self.num_channels = num_channels
 
     def forward(self, labels: torch.Tensor) -> PreprocessorOutput:
         tokens = labels[:, None, :]

@@ -147,7 +147,7 @@ class VideoAutoencoder(nn.Module):
         self.config = config
         preprocessor = MultimodalPreprocessor(
             {
-                "audio": AudioPreprocessor(config.samples_per_patch, config.audio_fourier),
+                "audio": AudioPreprocessor(config.audio_preprocessor, config.num_audio_samples),
                 "image": ImagePreprocessor(config.image_preprocessor, in_channels=3, image_shape=config.image_shape),
                 "label": OneHotPreprocessor(config.num_classes),
             },
