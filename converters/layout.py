@@ -43,3 +43,25 @@ BATCHNORM_VECTOR = Layout(
     lambda shape: (1, 1, 1, shape[-1]),
 )
 """`hk.BatchNorm` scale/offset and EMA averages [1,1,1,C] <-> [C]."""
+
+
+def _conv_transpose_to_torch(a: np.ndarray) -> np.ndarray:
+    spatial = a.ndim - 2
+    flipped = np.flip(a, axis=tuple(range(spatial)))
+    return flipped.transpose(a.ndim - 1, a.ndim - 2, *range(spatial))
+
+
+def _conv_transpose_to_haiku(a: np.ndarray) -> np.ndarray:
+    spatial = a.ndim - 2
+    moved = a.transpose(*range(2, a.ndim), 1, 0)
+    return np.flip(moved, axis=tuple(range(spatial)))
+
+
+CONV_TRANSPOSE_WEIGHT = Layout(
+    "conv_transpose_weight",
+    _conv_transpose_to_torch,
+    _conv_transpose_to_haiku,
+    lambda shape: (*shape[2:], shape[1], shape[0]),
+)
+"""`hk.ConvNDTranspose` w [*kernel, out, in], applied unflipped to the stride-dilated input (lax.conv_transpose
+without transpose_kernel) <-> `nn.ConvTransposeNd.weight` [in, out, *kernel], the spatially flipped kernel."""

@@ -17,6 +17,12 @@ from typing import Callable
 
 from perceiver_io.configs import (
     AudioPreprocessorConfig,
+    ClassificationDecoderConfig,
+    FlowDecoderConfig,
+    IdentityPostprocessorConfig,
+    ImagePostprocessorConfig,
+    PerceiverConfig,
+    ProjectionDecoderConfig,
     DecoderConfig,
     EncoderConfig,
     FlowConfig,
@@ -28,7 +34,7 @@ from perceiver_io.configs import (
 )
 
 from .errors import MappingError
-from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
+from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, CONV_TRANSPOSE_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def language_mlm(config: LanguageConfig) -> list[Rule]:
         Rule("embed", "embeddings", "perceiver.input_preprocessor.token_embedding.weight"),
         *trainable_position_encoding("trainable_position_encoding", "perceiver.input_preprocessor.position_encoding"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *basic_decoder(config.decoder, config.decoder.name, "perceiver.decoder"),
+        *basic_decoder(config.decoder, config.decoder.name or "basic_decoder", "perceiver.decoder"),
         Rule("embedding_decoder", "bias", "embedding_decoder.bias"),
     ]
 
@@ -205,7 +211,9 @@ def imagenet(config: ImageNetConfig) -> list[Rule]:
     return [
         *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *basic_decoder(config.decoder, "classification_decoder/~/basic_decoder", "perceiver.decoder.basic_decoder"),
+        *basic_decoder(
+            config.decoder, f"{config.decoder.name or 'classification_decoder'}/~/basic_decoder", "perceiver.decoder.basic_decoder"
+        ),
     ]
 
 
@@ -215,7 +223,9 @@ def optical_flow(config: FlowConfig) -> list[Rule]:
     return [
         *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *basic_decoder(config.decoder, "flow_decoder/~/basic_decoder", "perceiver.decoder.basic_decoder"),
+        *basic_decoder(
+            config.decoder, f"{config.decoder.name or 'flow_decoder'}/~/basic_decoder", "perceiver.decoder.basic_decoder"
+        ),
     ]
 
 
@@ -247,6 +257,59 @@ def multimodal_autoencoding(config: MultimodalConfig) -> list[Rule]:
     return rules
 
 
+def image_postprocessor(config: ImagePostprocessorConfig, module: str, torch: str) -> list[Rule]:
+    """Official `ImagePostprocessor`: `conv2_d` (conv1x1), or the `conv2_d_upsample` (transposed
+    convolutions made in its `__init__`) or `conv3_d_upsample` (made in its `__call__`) network."""
+    if config.postproc_type == "conv1x1":
+        return [
+            Rule(f"{module}/~/conv2_d", "w", f"{torch}.conv1x1.weight", CONV2D_WEIGHT),
+            Rule(f"{module}/~/conv2_d", "b", f"{torch}.conv1x1.bias"),
+        ]
+    if config.postproc_type != "conv":
+        return []
+    if config.temporal_upsample == 1:
+        convolutions = [
+            (f"{module}/~/conv2_d_upsample/~/transp_conv_{index}", f"{torch}.convnet.transp_conv_{index}.conv")
+            for index in (1, 2)
+        ]
+    else:
+        count = max(round(math.log2(config.temporal_upsample)), round(math.log2(config.spatial_upsample)))
+        convolutions = [
+            (f"{module}/~/conv3_d_upsample/conv3d_transpose_{index}", f"{torch}.convnet.layers.{index}.conv")
+            for index in range(count)
+        ]
+    return [
+        rule
+        for haiku, target in convolutions
+        for rule in (Rule(haiku, "w", f"{target}.weight", CONV_TRANSPOSE_WEIGHT), Rule(haiku, "b", f"{target}.bias"))
+    ]
+
+
+def custom_perceiver(config: PerceiverConfig) -> list[Rule]:
+    """A custom model of the official building set, its modules under their official default names."""
+    rules = []
+    preprocessor = config.input_preprocessor
+    if isinstance(preprocessor, ImagePreprocessorConfig):
+        rules += image_preprocessor(preprocessor, "perceiver.input_preprocessor")
+    elif isinstance(preprocessor, AudioPreprocessorConfig):
+        rules += network_inputs(preprocessor, preprocessor.name, "perceiver.input_preprocessor.network_inputs")
+    rules += perceiver_encoder(config.encoder, "perceiver.encoder")
+    decoder = config.decoder
+    if isinstance(decoder, ProjectionDecoderConfig):
+        rules += linear("projection_decoder/~/logits", "perceiver.decoder.logits")
+    elif isinstance(decoder, (ClassificationDecoderConfig, FlowDecoderConfig)):
+        default = "classification_decoder" if isinstance(decoder, ClassificationDecoderConfig) else "flow_decoder"
+        rules += basic_decoder(decoder, f"{decoder.name or default}/~/basic_decoder", "perceiver.decoder.basic_decoder")
+    else:
+        rules += basic_decoder(decoder, decoder.name or "basic_decoder", "perceiver.decoder")
+    postprocessor = config.output_postprocessor
+    if isinstance(postprocessor, ImagePostprocessorConfig):
+        rules += image_postprocessor(postprocessor, "image_postprocessor", "perceiver.output_postprocessor")
+    elif postprocessor is not None and not isinstance(postprocessor, IdentityPostprocessorConfig):
+        rules += linear(f"{postprocessor.official_name}/linear", "perceiver.output_postprocessor.linear")
+    return rules
+
+
 TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
     "language_mlm": language_mlm,
     "imagenet_learned": imagenet,
@@ -254,6 +317,7 @@ TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
     "imagenet_conv": imagenet,
     "optical_flow": optical_flow,
     "multimodal_autoencoding": multimodal_autoencoding,
+    "perceiver": custom_perceiver,
 }
 
 

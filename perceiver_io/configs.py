@@ -28,6 +28,14 @@ def _nested_type(f: dataclasses.Field) -> type[OfficialConfig] | None:
     return f.metadata.get("nested")
 
 
+def _from_tagged(kinds: dict[str, type], values: Mapping[str, Any], where: str):
+    """A config chosen by its "type" key among `kinds` (a module of the official building set)."""
+    if not isinstance(values, Mapping) or values.get("type") not in kinds:
+        found = values.get("type") if isinstance(values, Mapping) else type(values).__name__
+        raise ConfigError(f"{where}: 'type' must be one of {sorted(kinds)}, found {found!r}")
+    return kinds[values["type"]].from_official({k: v for k, v in values.items() if k != "type"}, where)
+
+
 class OfficialConfig:
     """Mixin for dataclass configs stored in official keys."""
 
@@ -53,8 +61,11 @@ class OfficialConfig:
         for key, value in values.items():
             f = fields[key]
             nested = _nested_type(f)
+            tagged = f.metadata.get("tagged")
             if nested is not None and value is not None:
                 value = nested.from_official(value, f"{where}.{key}")
+            elif tagged is not None and value is not None:
+                value = _from_tagged(tagged, value, f"{where}.{key}")
             elif isinstance(value, list):
                 value = tuple(value)
             kwargs[f.name] = value
@@ -64,7 +75,11 @@ class OfficialConfig:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, OfficialConfig):
+            tagged = f.metadata.get("tagged")
+            if tagged is not None and value is not None:
+                tag = next(tag for tag, kind in tagged.items() if type(value) is kind)
+                value = {"type": tag, **value.to_official()}
+            elif isinstance(value, OfficialConfig):
                 value = value.to_official()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -149,6 +164,22 @@ class AudioPreprocessorConfig(OfficialConfig):
 
 
 @dataclass(frozen=True)
+class ImagePostprocessorConfig(OfficialConfig):
+    """Arguments of the official `ImagePostprocessor` ('raft' is left out: it is broken upstream)."""
+
+    official_name: ClassVar[str] = "image_postprocessor"
+    postproc_type: str = "pixels"
+    spatial_upsample: int = 1
+    temporal_upsample: int = 1
+    n_outputs: int = -1
+    input_reshape_size: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.postproc_type not in ("pixels", "conv1x1", "conv", "patches"):
+            raise ConfigError(f"image postproc_type={self.postproc_type!r}; expected pixels, conv1x1, conv or patches")
+
+
+@dataclass(frozen=True)
 class EncoderConfig(OfficialConfig):
     """Arguments of the official `PerceiverEncoder` (its `name` is the checkpoint's module prefix)."""
 
@@ -172,7 +203,8 @@ class EncoderConfig(OfficialConfig):
 
 @dataclass(frozen=True)
 class DecoderConfig(OfficialConfig):
-    """Arguments of the official `BasicDecoder`."""
+    """Arguments of the official `BasicDecoder`. `name` is the Haiku module name; None means the official
+    default of the decoder's class (`basic_decoder`, `classification_decoder`, `flow_decoder`)."""
 
     official_name: ClassVar[str] = "decoder_config"
     output_num_channels: int | None = None
@@ -188,7 +220,7 @@ class DecoderConfig(OfficialConfig):
     final_project: bool = True
     trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
     fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
-    name: str = "basic_decoder"
+    name: str | None = None
 
     def __post_init__(self):
         if self.position_encoding_type not in ("trainable", "fourier", "none"):
@@ -196,8 +228,6 @@ class DecoderConfig(OfficialConfig):
                 f"decoder_config.position_encoding_type={self.position_encoding_type!r}; "
                 "expected 'trainable', 'fourier' or 'none'"
             )
-        if self.concat_preprocessed_input:
-            raise ConfigError("decoder_config.concat_preprocessed_input=True is not supported yet")
 
     @property
     def index_dims(self) -> tuple[int, ...]:
@@ -350,6 +380,7 @@ class FlowDecoderConfig(DecoderConfig):
     official_name: ClassVar[str] = "decoder"
     output_num_channels: int | None = 2
     rescale_factor: float = 100.0
+    output_image_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -517,3 +548,86 @@ MULTIMODAL_AUTOENCODING = MultimodalConfig(
     mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
 )
 """`video_autoencoding_checkpoint.pystate`: 19,858,855 parameters."""
+
+
+@dataclass(frozen=True)
+class OneHotPreprocessorConfig(OfficialConfig):
+    """The official `OneHotPreprocessor` (no arguments, no parameters)."""
+
+    official_name: ClassVar[str] = "one_hot_preprocessor"
+
+
+@dataclass(frozen=True)
+class ClassificationDecoderConfig(DecoderConfig):
+    """Arguments of the official `ClassificationDecoder`: a `BasicDecoder`'s plus `num_classes`."""
+
+    official_name: ClassVar[str] = "classification_decoder"
+    num_classes: int = 1000
+
+
+@dataclass(frozen=True)
+class ProjectionDecoderConfig(OfficialConfig):
+    """Arguments of the official `ProjectionDecoder` (`final_avg_before_project` has no effect there)."""
+
+    official_name: ClassVar[str] = "projection_decoder"
+    num_classes: int
+    final_avg_before_project: bool = False
+
+
+@dataclass(frozen=True)
+class IdentityPostprocessorConfig(OfficialConfig):
+    official_name: ClassVar[str] = "identity_postprocessor"
+
+
+@dataclass(frozen=True)
+class ProjectionPostprocessorConfig(OfficialConfig):
+    official_name: ClassVar[str] = "projection_postprocessor"
+    num_outputs: int
+
+
+@dataclass(frozen=True)
+class ClassificationPostprocessorConfig(OfficialConfig):
+    official_name: ClassVar[str] = "classification_postprocessor"
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class AudioPostprocessorConfig(OfficialConfig):
+    official_name: ClassVar[str] = "audio_postprocessor"
+    samples_per_patch: int = 96
+    postproc_type: str = "patches"
+
+
+PREPROCESSORS = {"image": ImagePreprocessorConfig, "audio": AudioPreprocessorConfig, "one_hot": OneHotPreprocessorConfig}
+DECODERS = {
+    "basic": DecoderConfig,
+    "classification": ClassificationDecoderConfig,
+    "projection": ProjectionDecoderConfig,
+    "flow": FlowDecoderConfig,
+}
+POSTPROCESSORS = {
+    "identity": IdentityPostprocessorConfig,
+    "projection": ProjectionPostprocessorConfig,
+    "classification": ClassificationPostprocessorConfig,
+    "audio": AudioPostprocessorConfig,
+    "image": ImagePostprocessorConfig,
+}
+
+
+@dataclass(frozen=True)
+class PerceiverConfig(OfficialConfig):
+    """A custom Perceiver IO from the official building set: an optional preprocessor, the encoder, a
+    decoder and an optional postprocessor, each `{"type": ..., **official arguments}`.
+
+    `input_shape` is one example's input shape without the batch axis ([H,W,C] images, [T,H,W,C] video,
+    [S,1] audio, [N,C] features without preprocessor, [C] one-hot). The Haiku modules carry the official
+    default names (`image_preprocessor`, `perceiver_encoder` unless the encoder's `name` says otherwise,
+    `basic_decoder`, `classification_decoder`, `projection_decoder`, `flow_decoder`, `*_postprocessor`).
+    """
+
+    official_name: ClassVar[str] = "perceiver"
+    input_shape: tuple[int, ...]
+    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    decoder: OfficialConfig = field(metadata={"tagged": DECODERS})
+    input_preprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": PREPROCESSORS})
+    output_postprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": POSTPROCESSORS})

@@ -1,9 +1,10 @@
-"""Convolutional pieces of the official image processors: TensorFlow 'SAME' padding, Haiku's BatchNorm and
-the `Conv2DDownsample` stem. Tensors here are NCHW."""
+"""Convolutional pieces of the official image processors: TensorFlow 'SAME' padding, Haiku's BatchNorm,
+the `Conv2DDownsample` stem and the transposed-convolution upsamplers. Tensors here are channels-first."""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,3 +93,71 @@ class Conv2DDownsample(nn.Sequential):
                 for index in range(num_layers)
             )
         )
+
+
+def transposed_conv_same_padding(kernel: int, stride: int) -> tuple[int, int]:
+    """Padding (before, after) of the stride-dilated input in a 'SAME' transposed convolution, as
+    `jax.lax.conv_transpose` computes it (so an input of n gives n * stride)."""
+    total = kernel + stride - 2
+    before = kernel - 1 if stride > kernel - 1 else math.ceil(total / 2)
+    return before, total - before
+
+
+class HaikuConvTranspose(nn.Module):
+    """`hk.Conv2DTranspose` / `hk.Conv3DTranspose` with 'SAME' padding over NC... tensors: [B,Cin,*S] ->
+    [B,Cout,*(S * stride)]. The weight is PyTorch's layout; the padding is JAX's (asymmetric when the stride
+    is 1), obtained by cropping an unpadded transposed convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], stride: Sequence[int]):
+        super().__init__()
+        conv = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[len(kernel)]
+        self.conv = conv(in_channels, out_channels, tuple(kernel), tuple(stride))
+        self.crops = [
+            (k - 1 - before, k - 1 - after)
+            for k, s in zip(kernel, stride)
+            for before, after in [transposed_conv_same_padding(k, s)]
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        for axis, (start, end) in enumerate(self.crops, start=2):
+            out = out.narrow(axis, start, out.shape[axis] - start - end)
+        return out
+
+
+class Conv2DUpsample(nn.Module):
+    """Official `Conv2DUpsample`: two 4x4 stride-2 'SAME' transposed convolutions (`transp_conv_1` to
+    2 * n_outputs channels, ReLU, `transp_conv_2` to n_outputs): [B,C,H,W] -> [B,n_outputs,4H,4W]."""
+
+    def __init__(self, in_channels: int, n_outputs: int):
+        super().__init__()
+        self.transp_conv_1 = HaikuConvTranspose(in_channels, 2 * n_outputs, (4, 4), (2, 2))
+        self.transp_conv_2 = HaikuConvTranspose(2 * n_outputs, n_outputs, (4, 4), (2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transp_conv_2(F.relu(self.transp_conv_1(x)))
+
+
+class Conv3DUpsample(nn.Module):
+    """Official `Conv3DUpsample`: max(n_time_upsamples, n_space_upsamples) 4x4x4 'SAME' transposed
+    convolutions, each doubling time (for the first n_time_upsamples) and space (for the first
+    n_space_upsamples), channels n_outputs * 2^(n-1-i), ReLU between: [B,C,T,H,W] -> [B,n_outputs,...]."""
+
+    def __init__(self, in_channels: int, n_outputs: int, n_time_upsamples: int = 2, n_space_upsamples: int = 4):
+        super().__init__()
+        count = max(n_time_upsamples, n_space_upsamples)
+        layers = []
+        for index in range(count):
+            time_stride = 2 if index < n_time_upsamples else 1
+            space_stride = 2 if index < n_space_upsamples else 1
+            channels = n_outputs * 2 ** (count - 1 - index)
+            layers.append(HaikuConvTranspose(in_channels, channels, (4, 4, 4), (time_stride, space_stride, space_stride)))
+            in_channels = channels
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:
+                x = F.relu(x)
+        return x

@@ -15,14 +15,18 @@ from .position_encoding import TrainablePositionEncoding, build_position_encodin
 
 
 class DecoderQueries(nn.Module):
-    """The queries of a decoder: a position encoding over `output_index_dims` ('trainable' or 'fourier'),
-    as the official `BasicDecoder.decoder_query` builds them. forward(inputs [B,M,C], subsampled_points)
-    -> [B,O,Cq], or [B,len(points),Cq] for flat `subsampled_points` into `output_index_dims` (positions
-    -1 + 2 * coordinate / n)."""
+    """The queries of a decoder, as the official `BasicDecoder.decoder_query` builds them: a position
+    encoding over `output_index_dims` ('trainable' or 'fourier'), after the preprocessed inputs without
+    positions when `concat_preprocessed_input` (their width is `input_channels`).
 
-    def __init__(self, config: DecoderConfig):
+    forward(inputs [B,M,C], subsampled_points, inputs_without_pos) -> [B,O,Cq], or [B,len(points),Cq]
+    for flat `subsampled_points` into `output_index_dims` (positions -1 + 2 * coordinate / n).
+    """
+
+    def __init__(self, config: DecoderConfig, input_channels: int | None = None):
         super().__init__()
         self.index_dims = config.index_dims
+        self.concat_preprocessed_input = config.concat_preprocessed_input
         self.position_encoding = build_position_encoding(
             config.position_encoding_type,
             self.index_dims,
@@ -30,14 +34,23 @@ class DecoderQueries(nn.Module):
             fourier=config.fourier_position_encoding_kwargs,
         )
         self.num_channels = self.position_encoding.num_channels
+        if self.concat_preprocessed_input:
+            if input_channels is None:
+                raise ConfigError("concat_preprocessed_input needs the width of the preprocessed inputs")
+            self.num_channels += input_channels
 
-    def forward(self, inputs: torch.Tensor, subsampled_points: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, subsampled_points=None, inputs_without_pos=None) -> torch.Tensor:
         batch_size = inputs.shape[0]
         pos = None
         if subsampled_points is not None:
             pos = subsampled_positions(subsampled_points.to(inputs.device), self.index_dims)
             pos = pos.expand(batch_size, -1, -1)
-        return self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
+        queries = self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
+        if self.concat_preprocessed_input:
+            if inputs_without_pos is None:
+                raise ValueError("concat_preprocessed_input needs the preprocessed inputs without positions")
+            queries = torch.cat([inputs_without_pos, queries], dim=-1)
+        return queries
 
 
 class BasicDecoder(nn.Module):
@@ -49,7 +62,13 @@ class BasicDecoder(nn.Module):
     config's `num_z_channels` is not used: the latents' width is the encoder's.
     """
 
-    def __init__(self, config: DecoderConfig, z_channels: int, query_channels: int | None = None):
+    def __init__(
+        self,
+        config: DecoderConfig,
+        z_channels: int,
+        query_channels: int | None = None,
+        input_channels: int | None = None,
+    ):
         super().__init__()
         self.config = config
         if config.position_encoding_type == "none":
@@ -57,7 +76,7 @@ class BasicDecoder(nn.Module):
                 raise ConfigError("a decoder without position encoding needs the width of the queries it is given")
             self.queries = None
         else:
-            self.queries = DecoderQueries(config)
+            self.queries = DecoderQueries(config, input_channels)
             query_channels = self.queries.num_channels
         if config.final_project and config.output_num_channels is None:
             raise ConfigError("decoder output_num_channels is required with final_project")
@@ -72,11 +91,12 @@ class BasicDecoder(nn.Module):
             use_query_residual=config.use_query_residual,
         )
         self.output = nn.Linear(query_channels, config.output_num_channels) if config.final_project else None
+        self.output_channels = config.output_num_channels if config.final_project else query_channels
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
         if self.queries is None:
             raise ConfigError("this decoder has no position encoding to build queries from")
-        return self.queries(inputs, subsampled_points)
+        return self.queries(inputs, subsampled_points, inputs_without_pos)
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         attention_mask = None
@@ -91,11 +111,14 @@ class ClassificationDecoder(nn.Module):
     """One trainable query decoded into `num_classes` logits (official `ClassificationDecoder`, a
     `basic_decoder` with `output_index_dims=(1,)`): z [B,N,Cz] -> [B,num_classes]."""
 
-    def __init__(self, config: DecoderConfig, z_channels: int, num_classes: int):
+    def __init__(self, config: DecoderConfig, z_channels: int, num_classes: int, input_channels: int | None = None):
         super().__init__()
         self.basic_decoder = BasicDecoder(
-            dataclasses.replace(config, output_num_channels=num_classes, output_index_dims=(1,)), z_channels
+            dataclasses.replace(config, output_num_channels=num_classes, output_index_dims=(1,)),
+            z_channels,
+            input_channels=input_channels,
         )
+        self.output_channels = num_classes
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
         return self.basic_decoder.decoder_query(inputs, modality_sizes, inputs_without_pos, subsampled_points)
@@ -165,10 +188,27 @@ class MultimodalDecoder(nn.Module):
         subsampled_points = subsampled_points or {}
         parts = []
         for modality in self.modalities:
-            query = self.modality_queries[modality](inputs, subsampled_points.get(modality))
+            query = self.modality_queries[modality](inputs, subsampled_points.get(modality), None)
             padding = self.padding[modality](query.shape[0]).to(query.dtype)
             parts.append(torch.cat([query, padding.expand(-1, query.shape[1], -1)], dim=-1))
         return torch.cat(parts, dim=1)
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.basic_decoder(query, z, query_mask)
+
+
+class ProjectionDecoder(nn.Module):
+    """Official `ProjectionDecoder`: no queries; the latents' mean, then a Linear `logits` (zero init):
+    z [B,N,C] -> [B,num_classes]."""
+
+    def __init__(self, z_channels: int, num_classes: int):
+        super().__init__()
+        self.logits = nn.Linear(z_channels, num_classes)
+        nn.init.zeros_(self.logits.weight)
+        self.output_channels = num_classes
+
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
+        return None
+
+    def forward(self, query, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(z.mean(dim=1))

@@ -55,7 +55,9 @@ class Perceiver(nn.Module):
         out = self.decoder(query, z, query_mask)
         if self.output_postprocessor is None:
             return out
-        return self.output_postprocessor(out, self.decoder.output_sizes(subsampled_points))
+        output_sizes = getattr(self.decoder, "output_sizes", None)  # a multimodal decoder's own split
+        sizes = output_sizes(subsampled_points) if output_sizes else preprocessed.modality_sizes
+        return self.output_postprocessor(out, sizes)
 
     def forward(self, inputs, input_mask=None, query_mask=None, subsampled_points=None):
         z, preprocessed = self.encode(inputs, input_mask)

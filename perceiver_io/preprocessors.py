@@ -224,6 +224,7 @@ class AudioPreprocessor(nn.Module):
             config.n_extra_pos_mlp,
             config.concat_or_add_pos,
         )
+        self.feature_channels = spp
         self.num_channels = self.network_inputs.num_channels
 
     def forward(self, audio: torch.Tensor) -> PreprocessorOutput:
@@ -236,7 +237,7 @@ class OneHotPreprocessor(nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        self.num_channels = num_channels
+        self.feature_channels = self.num_channels = num_channels
 
     def forward(self, labels: torch.Tensor) -> PreprocessorOutput:
         tokens = labels[:, None, :]

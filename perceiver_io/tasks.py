@@ -21,16 +21,37 @@ from .configs import (
     FlowConfig,
     ImageNetConfig,
     LanguageConfig,
+    AudioPostprocessorConfig,
+    AudioPreprocessorConfig,
+    ClassificationDecoderConfig,
+    ClassificationPostprocessorConfig,
+    FlowDecoderConfig,
+    IdentityPostprocessorConfig,
+    ImagePostprocessorConfig,
+    ImagePreprocessorConfig,
     MultimodalConfig,
     OfficialConfig,
+    OneHotPreprocessorConfig,
+    PerceiverConfig,
+    ProjectionDecoderConfig,
+    ProjectionPostprocessorConfig,
 )
-from .decoders import BasicDecoder, ClassificationDecoder, DecoderQueries, FlowDecoder, MultimodalDecoder
+from .decoders import (
+    BasicDecoder,
+    ClassificationDecoder,
+    DecoderQueries,
+    FlowDecoder,
+    MultimodalDecoder,
+    ProjectionDecoder,
+)
 from .encoder import PerceiverEncoder
 from .perceiver import Perceiver
 from .postprocessors import (
     AudioPostprocessor,
     ClassificationPostprocessor,
     EmbeddingDecoder,
+    IdentityPostprocessor,
+    ImagePostprocessor,
     MultimodalPostprocessor,
     ProjectionPostprocessor,
 )
@@ -214,14 +235,76 @@ class VideoAutoencoder(nn.Module):
         }
 
 
+def _input_preprocessor(config: PerceiverConfig) -> nn.Module | None:
+    spec, shape = config.input_preprocessor, config.input_shape
+    if isinstance(spec, ImagePreprocessorConfig):
+        return ImagePreprocessor(spec, in_channels=shape[-1], image_shape=shape[:-1])
+    if isinstance(spec, AudioPreprocessorConfig):
+        return AudioPreprocessor(spec, num_samples=shape[0])
+    if isinstance(spec, OneHotPreprocessorConfig):
+        return OneHotPreprocessor(shape[-1])
+    return None
+
+
+def _decoder(config: PerceiverConfig, query_channels: int, feature_channels: int) -> nn.Module:
+    spec, z_channels = config.decoder, config.encoder.num_z_channels
+    if isinstance(spec, ProjectionDecoderConfig):
+        return ProjectionDecoder(z_channels, spec.num_classes)
+    if isinstance(spec, FlowDecoderConfig):
+        if spec.output_image_shape is None:
+            raise ConfigError("a flow decoder needs output_image_shape")
+        return FlowDecoder(spec, z_channels, query_channels, spec.output_image_shape)
+    if isinstance(spec, ClassificationDecoderConfig):
+        return ClassificationDecoder(spec, z_channels, spec.num_classes, feature_channels)
+    return BasicDecoder(spec, z_channels, input_channels=feature_channels)
+
+
+def _output_postprocessor(spec, channels: int) -> nn.Module | None:
+    if isinstance(spec, IdentityPostprocessorConfig):
+        return IdentityPostprocessor()
+    if isinstance(spec, ProjectionPostprocessorConfig):
+        return ProjectionPostprocessor(channels, spec.num_outputs)
+    if isinstance(spec, ClassificationPostprocessorConfig):
+        return ClassificationPostprocessor(channels, spec.num_classes)
+    if isinstance(spec, AudioPostprocessorConfig):
+        return AudioPostprocessor(channels, spec.samples_per_patch)
+    if isinstance(spec, ImagePostprocessorConfig):
+        return ImagePostprocessor(spec, channels)
+    return None
+
+
+class CustomPerceiver(nn.Module):
+    """Any Perceiver IO of the official building set (a `PerceiverConfig`), for checkpoints of models
+    trained in Haiku with the official modules. forward(inputs, input_mask, query_mask, subsampled_points)
+    is the official `Perceiver.__call__`."""
+
+    def __init__(self, config: PerceiverConfig):
+        super().__init__()
+        self.config = config
+        preprocessor = _input_preprocessor(config)
+        input_channels = preprocessor.num_channels if preprocessor is not None else config.input_shape[-1]
+        feature_channels = preprocessor.feature_channels if preprocessor is not None else config.input_shape[-1]
+        decoder = _decoder(config, input_channels, feature_channels)
+        output_channels = getattr(decoder, "output_channels", None) or config.decoder.output_num_channels
+        self.perceiver = Perceiver(
+            PerceiverEncoder(config.encoder, input_channels=input_channels),
+            decoder,
+            input_preprocessor=preprocessor,
+            output_postprocessor=_output_postprocessor(config.output_postprocessor, output_channels),
+        )
+
+    def forward(self, inputs, input_mask=None, query_mask=None, subsampled_points=None):
+        return self.perceiver(inputs, input_mask, query_mask, subsampled_points)
+
+
 @dataclass(frozen=True)
 class Task:
-    """A released task: its model class, config type and released configuration."""
+    """A task: its model class, config type and released configuration (None for custom models)."""
 
     name: str
     model_type: type[nn.Module]
     config_type: type[OfficialConfig]
-    released_config: OfficialConfig
+    released_config: OfficialConfig | None
 
 
 TASKS: dict[str, Task] = {
@@ -233,6 +316,7 @@ TASKS: dict[str, Task] = {
     "multimodal_autoencoding": Task(
         "multimodal_autoencoding", VideoAutoencoder, MultimodalConfig, MULTIMODAL_AUTOENCODING
     ),
+    "perceiver": Task("perceiver", CustomPerceiver, PerceiverConfig, None),
 }
 
 
@@ -247,6 +331,8 @@ def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = 
     """The task's config from a config object, a dict in official keys, or None (the released one)."""
     spec = get_task(task)
     if config is None:
+        if spec.released_config is None:
+            raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
         return spec.released_config
     if isinstance(config, spec.config_type):
         return config
