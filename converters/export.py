@@ -1,0 +1,38 @@
+"""PyTorch models back to Haiku: a model trained or fine-tuned here, written as a Haiku checkpoint that
+the Haiku code (the official one, or `haiku_reference`) loads and runs with the same outputs.
+
+The conversion rules run in reverse (`convert.export_tree`): every PyTorch parameter and buffer goes
+back to its official module path, leaf name and layout, BatchNorm statistics included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from perceiver_io.serialization import task_of
+
+from .convert import HaikuTree, export_tree
+from .haiku_pickle import save_haiku_npz, save_haiku_pickle
+
+
+def model_to_haiku(model: nn.Module) -> tuple[str, HaikuTree, HaikuTree]:
+    """(task, params, state) of a task model, in Haiku's names and layouts."""
+    task = task_of(model)
+    params, state = export_tree(model.state_dict(), task, model.config)
+    return task, params, state
+
+
+def export_haiku_checkpoint(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes `model` as a Haiku checkpoint: `.npz` (keys `params/<module>/<leaf>`, `state/...`) or, for
+    any other suffix, a pickle in the released format (bare params, or `{'params', 'state'}` when the
+    model has state, as the ImageNet files). Atomic; an existing file is kept unless `overwrite`."""
+    path = Path(path)
+    _, params, state = model_to_haiku(model)
+    if path.suffix == ".npz":
+        save_haiku_npz(path, params, state, overwrite=overwrite)
+    else:
+        save_haiku_pickle(path, params, state or None, overwrite=overwrite)
+    return path
