@@ -67,31 +67,41 @@ def space_to_depth(frames: torch.Tensor, temporal_block_size: int = 1, spatial_b
 class NetworkInputs(nn.Module):
     """The official preprocessors' `_build_network_inputs`: a position encoding over the feature grid,
     deepened by `n_extra_pos_mlp` residual Linear layers (ReLU between them), then concatenated to the
-    features or added: features [B,N,C] over `grid` -> [B,N,C + Cpos] (or [B,N,C])."""
+    features or added: features [B,N,C] over a grid -> [B,N,C + Cpos] (or [B,N,C]).
+
+    `grid` (the feature grid's size) is needed by a trainable encoding, whose size is fixed; a Fourier
+    encoding only needs the grid's number of dimensions and follows the input's size.
+    """
 
     def __init__(
         self,
+        config: ImagePreprocessorConfig | AudioPreprocessorConfig,
         feature_channels: int,
-        grid: Sequence[int],
-        position_encoding_type: str,
-        project_pos_dim: int,
-        trainable: TrainablePositionEncodingConfig | None,
-        fourier: FourierPositionEncodingConfig | None,
-        n_extra_pos_mlp: int,
-        concat_or_add_pos: str,
+        grid: Sequence[int] | None,
+        num_dims: int,
     ):
         super().__init__()
-        if concat_or_add_pos not in ("concat", "add"):
-            raise ConfigError(f"concat_or_add_pos={concat_or_add_pos!r}; expected 'concat' or 'add'")
-        self.concat_or_add_pos = concat_or_add_pos
-        self.position_encoding = build_position_encoding(position_encoding_type, grid, project_pos_dim, trainable, fourier)
+        if config.concat_or_add_pos not in ("concat", "add"):
+            raise ConfigError(f"concat_or_add_pos={config.concat_or_add_pos!r}; expected 'concat' or 'add'")
+        if config.position_encoding_type == "trainable" and grid is None:
+            raise ConfigError(f"the trainable position encoding of {config.name} needs the input's size")
+        self.concat_or_add_pos = config.concat_or_add_pos
+        self.position_encoding = build_position_encoding(
+            config.position_encoding_type,
+            grid or (1,) * num_dims,
+            config.project_pos_dim,
+            config.trainable_position_encoding_kwargs,
+            config.fourier_position_encoding_kwargs,
+        )
         position_channels = self.position_encoding.num_channels
-        self.extra_pos_mlps = nn.ModuleList(nn.Linear(position_channels, position_channels) for _ in range(n_extra_pos_mlp))
-        if concat_or_add_pos == "add" and position_channels != feature_channels:
+        self.extra_pos_mlps = nn.ModuleList(
+            nn.Linear(position_channels, position_channels) for _ in range(config.n_extra_pos_mlp)
+        )
+        if self.concat_or_add_pos == "add" and position_channels != feature_channels:
             raise ConfigError(
                 f"adding positions needs as many position channels ({position_channels}) as features ({feature_channels})"
             )
-        self.num_channels = feature_channels + (position_channels if concat_or_add_pos == "concat" else 0)
+        self.num_channels = feature_channels + (position_channels if self.concat_or_add_pos == "concat" else 0)
 
     def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         pos = self.position_encoding(features.shape[0], grid, device=features.device, dtype=features.dtype)
@@ -143,18 +153,7 @@ class ImagePreprocessor(nn.Module):
         else:
             feature_channels = in_channels
         grid = self.feature_grid(image_shape) if image_shape is not None else None
-        if config.position_encoding_type == "trainable" and grid is None:
-            raise ConfigError("a trainable image position encoding needs the image size")
-        self.network_inputs = NetworkInputs(
-            feature_channels,
-            grid or (1,) * (len(image_shape) if image_shape else 2),
-            config.position_encoding_type,
-            config.project_pos_dim,
-            config.trainable_position_encoding_kwargs,
-            config.fourier_position_encoding_kwargs,
-            config.n_extra_pos_mlp,
-            config.concat_or_add_pos,
-        )
+        self.network_inputs = NetworkInputs(config, feature_channels, grid, len(image_shape) if image_shape else 2)
         self.feature_channels = feature_channels
         self.num_channels = self.network_inputs.num_channels
 
@@ -211,19 +210,8 @@ class AudioPreprocessor(nn.Module):
         super().__init__()
         self.config = config
         spp = config.samples_per_patch
-        if config.position_encoding_type == "trainable" and num_samples is None:
-            raise ConfigError("a trainable audio position encoding needs the number of samples")
-        grid = (num_samples // spp,) if num_samples is not None else (1,)
-        self.network_inputs = NetworkInputs(
-            spp,
-            grid,
-            config.position_encoding_type,
-            config.project_pos_dim,
-            config.trainable_position_encoding_kwargs,
-            config.fourier_position_encoding_kwargs,
-            config.n_extra_pos_mlp,
-            config.concat_or_add_pos,
-        )
+        grid = (num_samples // spp,) if num_samples is not None else None
+        self.network_inputs = NetworkInputs(config, spp, grid, 1)
         self.feature_channels = spp
         self.num_channels = self.network_inputs.num_channels
 
