@@ -4,11 +4,16 @@
     convert-checkpoint --example [-o DST] [--force]
     convert-checkpoint --download --task TASK [-o DST] [--config CONFIG.json] [--force]
     convert-checkpoint --list
+    convert-checkpoint verify SRC [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
+                       [--inputs INPUTS.npz] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+                       [--tolerance T] [--json] [--save-reference REF.npz | --reference REF.npz]
 
 The second form is the project's main job on the small checkpoint that ships with it: convert, load,
 run, and print the parity against the official JAX outputs and the Haiku reference. The third fetches
 the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it there.
-The fourth lists the released checkpoints and what the cache holds of them.
+The fourth lists the released checkpoints and what the cache holds of them. The fifth runs the Haiku
+reference and the PyTorch model on the same inputs and reports the error of every stage
+(`converters.verify`); it exits 1 when a stage is over tolerance.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from perceiver_io.checkpoint_file import CheckpointFileError
 from perceiver_io.configs import ConfigError
 from perceiver_io import hub
-from perceiver_io.tasks import TASKS
+from perceiver_io.tasks import TASKS, parse_config
 
 from .convert import ConversionReport, convert_checkpoint
 from .errors import ConversionError
@@ -39,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convert-checkpoint",
         description="Convert a Haiku (JAX) Perceiver IO checkpoint to a PyTorch safetensors file.",
+        epilog="To check a conversion against the Haiku reference, stage by stage: convert-checkpoint verify --help",
     )
     parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
     parser.add_argument("-o", "--output", help="the safetensors file to write")
@@ -83,6 +89,7 @@ def _run_example(output: Path, force: bool) -> int:
 
     from .haiku_pickle import load_haiku_checkpoint
     from .parity import compare, haiku_available, run_haiku_reference, run_torch
+    from .verify import is_compared_stage, stage_sort_key
 
     example = resources.files("converters") / "examples" / EXAMPLE_TASK
     with resources.as_file(example) as folder:
@@ -96,6 +103,7 @@ def _run_example(output: Path, force: bool) -> int:
 
     model = load(output)
     ours = run_torch(model, inputs)
+    ours = {name: ours[name] for name in sorted(filter(is_compared_stage, ours), key=stage_sort_key)}
     rows = [("official JAX outputs (stored)", compare({"out": ours["out"]}, official))]
     if haiku_available():
         reference = run_haiku_reference(checkpoint, EXAMPLE_TASK, config, inputs)
@@ -104,11 +112,11 @@ def _run_example(output: Path, force: bool) -> int:
         print("jax/dm-haiku not installed: comparing with the stored official outputs only "
               "(pip install '.[jax]' to run the Haiku reference too)")
     print(f"\nparity of {output} (PyTorch) on the example batch {inputs['inputs'].shape}:")
-    print(f"  {'against':32s} {'stage':16s} {'max abs error':>14s} {'output scale':>13s}")
+    print(f"  {'against':32s} {'stage':26s} {'max abs error':>14s} {'scale':>8s}")
     worst = 0.0
     for against, errors in rows:
         for error in errors:
-            print(f"  {against:32s} {error.stage:16s} {error.max_abs_error:14.3e} {error.scale:13.3f}")
+            print(f"  {against:32s} {error.stage:26s} {error.max_abs_error:14.3e} {error.scale:8.3f}")
             worst = max(worst, error.max_abs_error)
     nan = any(not np.isfinite(value).all() for value in ours.values())
     passed = worst <= EXAMPLE_TOLERANCE and not nan
@@ -148,7 +156,118 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_parser() -> argparse.ArgumentParser:
+    from .verify import DTYPES
+
+    parser = argparse.ArgumentParser(
+        prog="convert-checkpoint verify",
+        description="Run the Haiku reference (float32, JAX on CPU) and the PyTorch model on the same inputs, "
+        "and report for every stage the max abs error, the error relative to the stage's scale, and the first "
+        "stage over tolerance. Exit status: 0 all within tolerance, 1 over tolerance, 2 bad input.",
+    )
+    parser.add_argument("source", nargs="?",
+                        help="the Haiku checkpoint: a released name (" + ", ".join(hub.RELEASES) + "; downloaded "
+                        "into the cache if needed) or a .pickle/.pystate/.npz file")
+    parser.add_argument("--task", choices=list(hub.RELEASES), help="the checkpoint's model (required for a file)")
+    parser.add_argument("--config", help="JSON file with the model's configuration in official colab keys "
+                        "(default: the task's released configuration)")
+    parser.add_argument("--converted", help="the PyTorch conversion to check (.safetensors); default: convert SRC "
+                        "in memory")
+    parser.add_argument("--inputs", help="npz file of the official call's arguments (e.g. a golden inputs.npz); "
+                        "default: deterministic synthetic inputs of the right kind for the task and config")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="PyTorch's dtype (default float32)")
+    parser.add_argument("--tolerance", type=float,
+                        help="max error relative to each stage's scale (default: 1e-4 in float32, 1e-3 for "
+                        "multimodal_autoencoding; 4e-2 in bfloat16, 5e-3 in float16)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--save-reference", metavar="REF.npz",
+                           help="also write the reference's inputs and stages to REF.npz")
+    reference.add_argument("--reference", metavar="REF.npz",
+                           help="compare with a reference saved by --save-reference instead of running JAX "
+                           "(its inputs are used; no jax or dm-haiku needed)")
+    return parser
+
+
+def _verify(argv: list[str]) -> int:
+    from perceiver_io.serialization import load, task_of
+
+    from .haiku_pickle import load_haiku_checkpoint
+    from .parity import haiku_available
+    from .verify import DTYPES, check_device, compute_reference, load_reference, read_inputs, synthetic_inputs
+    from .verify import verify_model
+
+    args = _verify_parser().parse_args(argv)
+    check_device(args.device)
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise ConfigError(f"--tolerance must be positive, got {args.tolerance}")
+    config = _read_config(args.config)
+    task = args.task
+    source = None
+    if args.source:
+        if args.source in hub.RELEASES and not Path(args.source).exists():
+            release = hub.RELEASES[args.source]
+            if task and task != release.task:
+                raise ConfigError(f"the released checkpoint {args.source!r} holds {release.task}, not --task {task}")
+            task = release.task
+            config = config or release.config
+            source = hub.download(args.source)
+        else:
+            source = Path(args.source)
+            if not source.exists():
+                raise FileNotFoundError(f"no Haiku checkpoint at {source}, and {args.source!r} is not a released "
+                                        f"name ({', '.join(hub.RELEASES)})")
+
+    if args.reference:
+        if args.inputs:
+            raise ConfigError("--reference brings its own inputs; leave out --inputs")
+        reference = load_reference(args.reference)
+        if task and task != reference.task:
+            raise ConfigError(f"{args.reference} is a reference of {reference.task}, not of {task}")
+        task, config = reference.task, config or reference.config
+    else:
+        if source is None:
+            raise ConfigError("give SRC, the Haiku checkpoint (or --reference REF.npz with --converted)")
+        if not task:
+            raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
+        if not haiku_available():
+            raise ConfigError("the Haiku reference needs jax and dm-haiku (pip install '.[jax]'), or compare with "
+                              "a reference saved elsewhere: --reference REF.npz")
+        if task not in TASKS:
+            raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
+        inputs = read_inputs(args.inputs, task, config) if args.inputs else synthetic_inputs(task, config)
+        reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
+        if args.save_reference:
+            reference.save(args.save_reference)
+
+    dtype = DTYPES[args.dtype]
+    if args.converted:
+        model = load(args.converted, args.device, dtype)
+        if task_of(model) != task:
+            raise ConfigError(f"{args.converted} holds a {task_of(model)} model, not {task}")
+        if model.config != parse_config(task, config):
+            raise ConfigError(f"{args.converted} holds another configuration of {task} than the reference's "
+                              "(give the checkpoint's --config)")
+        origin = f"{args.converted} (converted file)"
+    elif source is not None:
+        model = load(source, args.device, dtype, task=task, config=config)
+        origin = f"{source} (converted in memory)"
+    else:
+        raise ConfigError("with --reference, give the PyTorch model: --converted FILE.safetensors or SRC")
+    report = verify_model(model, reference, model_origin=origin, tolerance=args.tolerance)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0 if report.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:
+        try:
+            return _verify(argv[1:])
+        except (ConversionError, ConfigError, CheckpointFileError, hub.DownloadError, FileNotFoundError) as error:
+            print(f"convert-checkpoint verify: error: {error}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
         if args.list:

@@ -1,0 +1,422 @@
+"""Parity of a PyTorch conversion with the Haiku reference, stage by stage, on CPU or GPU, in float32,
+bfloat16 or float16: what `convert-checkpoint verify` runs.
+
+The same inputs go through the Haiku reference (`converters.haiku_reference`, always float32 on JAX's
+CPU) and through the PyTorch model (on `device`, in `dtype`). Every stage both record is compared, in
+the order the data flows: the preprocessor's output, the latents, the encoder after its cross-attention
+and after each self-attention application, the decoder queries, the decoder output, the final output.
+A stage passes when its max abs error is within `tolerance` times its scale (the max |value| of the
+reference's stage); the first stage over tolerance is where the conversion goes wrong, since every later
+stage inherits its error.
+
+The reference's stages (with the inputs they were computed on) can be saved to an npz file and read back,
+so that a machine without jax or dm-haiku (a GPU machine, say) can verify against them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from perceiver_io.configs import ConfigError, OfficialConfig
+from perceiver_io.tasks import parse_config
+
+from .haiku_pickle import HaikuCheckpoint
+from .parity import max_abs_error, run_haiku_reference, run_torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+FLOAT32_TOLERANCE = {"multimodal_autoencoding": 1e-3}
+"""NOTES §8: 1e-4 of the scale for the five other tasks; 1e-3 for the multimodal model, whose audio
+Fourier features (arguments up to 5e4 radians) differ between any two float32 implementations."""
+DEFAULT_FLOAT32_TOLERANCE = 1e-4
+LOW_PRECISION_TOLERANCE = {"bfloat16": 4e-2, "float16": 5e-3}
+"""Bands for the half-precision types, relative to each stage's scale. On CPU the six golden models reach
+at most 2.3e-2 in bfloat16 and 2.5e-3 in float16 (any stage); float16's band is twice its worst, and
+bfloat16's is 8 times float16's, as its rounding unit is (8 significant bits against 11). To be confirmed
+on GPU with `scripts/gpu_parity.py`. These bands are far above a conversion slip such as exact-erf GELU
+(2e-4), which only float32 resolves; a transposed weight is found in any dtype."""
+
+STAGE_ORDER = (
+    "encoder_inputs",
+    "inputs_without_pos",
+    "encoder_query",
+    "encoder_cross_attention",
+    "encoder_self_attention",
+    "decoder_query",
+    "decoder_outputs",
+    "out",
+)
+"""The compared stages in the order the data flows (`encoder_self_attention_{k}` one per application,
+per-modality stages as `name/modality`). `z` equals the last self-attention and is left out."""
+
+CALL_KEYS = {
+    "language_mlm": ("inputs", "input_mask"),
+    "imagenet_learned": ("images",),
+    "imagenet_fourier": ("images",),
+    "imagenet_conv": ("images",),
+    "optical_flow": ("images",),
+    "multimodal_autoencoding": ("images", "audio", "subsampling"),
+}
+"""The official call's keyword arguments of each task (those of `haiku_reference.tasks.build`'s apply)."""
+
+REFERENCE_FORMAT = "perceiver-io-reference/1"
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def default_tolerance(task: str, dtype: str = "float32") -> float:
+    """The task's float32 tolerance, widened to the band of `dtype` (relative to each stage's scale)."""
+    return max(FLOAT32_TOLERANCE.get(task, DEFAULT_FLOAT32_TOLERANCE), LOW_PRECISION_TOLERANCE.get(dtype, 0.0))
+
+
+def stage_sort_key(name: str) -> tuple[int, int, str]:
+    base, _, modality = name.partition("/")
+    match = re.fullmatch(r"encoder_self_attention_(\d+)", base)
+    if match:
+        return STAGE_ORDER.index("encoder_self_attention"), int(match.group(1)), modality
+    return STAGE_ORDER.index(base), 0, modality
+
+
+def is_compared_stage(name: str) -> bool:
+    base = name.partition("/")[0]
+    return base in STAGE_ORDER or re.fullmatch(r"encoder_self_attention_\d+", base) is not None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configurations and inputs
+
+
+def reference_config(task: str, config: OfficialConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The configuration as the Haiku reference's builders take it (the keys the colabs pass): ours
+    written out (`to_official` writes every key), without the None values, which stand for the official
+    defaults."""
+    return _without_none(parse_config(task, config).to_official())
+
+
+def _without_none(values: dict) -> dict:
+    return {key: _without_none(value) if isinstance(value, dict) else value
+            for key, value in values.items() if value is not None}
+
+
+def synthetic_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Deterministic inputs of the right kind for `task` under `config` (the official call's arguments).
+
+    - language: 3 rows of `MAX_SEQ_LEN` byte ids: one full (with some [MASK] ids), one half padding, one
+      all padding, with the matching `input_mask`;
+    - ImageNet: 2 images of the config's size, pixels uniform in [0,255] normalised as the colab does;
+    - flow: 2 frame pairs of the config's `TRAIN_SIZE`, uniform in [-1,1];
+    - multimodal: 2 clips (frames in [0,1], audio in [-1,1]) and the colab's first chunk of subsampled
+      points (image points and audio patches), as `subsampling`.
+    """
+    parsed = parse_config(task, config)
+    rng = np.random.default_rng(0)
+    if task == "language_mlm":
+        length = parsed.max_seq_len
+        ids = rng.integers(6, parsed.vocab_size, size=(3, length), dtype=np.int32)
+        ids[0, rng.choice(length, size=max(1, length // 8), replace=False)] = 3
+        mask = np.ones((3, length), np.int32)
+        mask[1, length // 2:] = 0
+        mask[2] = 0
+        return {"inputs": np.where(mask == 1, ids, 0).astype(np.int32), "input_mask": mask}
+    if task.startswith("imagenet"):
+        pixels = rng.uniform(0, 255, size=(2, *parsed.image_size, 3)).astype(np.float32)
+        return {"images": (pixels - IMAGENET_MEAN) / IMAGENET_STD}
+    if task == "optical_flow":
+        return {"images": rng.uniform(-1, 1, size=(2, 2, *parsed.train_size, 3)).astype(np.float32)}
+    if task == "multimodal_autoencoding":
+        return {
+            "images": rng.uniform(0, 1, size=(2, *parsed.image_shape, 3)).astype(np.float32),
+            "audio": rng.uniform(-1, 1, size=(2, parsed.num_audio_samples, 1)).astype(np.float32),
+            "subsampling": first_chunk(parsed),
+        }
+    raise ConfigError(f"no synthetic inputs for task {task!r}")
+
+
+def first_chunk(config) -> dict[str, np.ndarray]:
+    """The colab's first chunk of subsampled points of the multimodal model (of `NCHUNKS`)."""
+    image = np.array_split(np.arange(math.prod(config.image_shape)), config.nchunks)[0]
+    audio = np.array_split(np.arange(config.num_audio_samples // config.samples_per_patch), config.nchunks)[0]
+    return {"image": image, "audio": audio}
+
+
+def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict:
+    """Inputs from an npz file of the official call's arguments (a golden `inputs.npz`, say); nested ones
+    as `name/key` (`subsampling/image`). The multimodal model's `subsampling` defaults to the first chunk."""
+    try:
+        with np.load(path) as arrays:
+            flat = {name: arrays[name] for name in arrays.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"inputs file {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"inputs file {path} is not a readable npz file: {error}") from None
+    inputs = _unflatten(flat)
+    if task == "multimodal_autoencoding" and "subsampling" not in inputs:
+        inputs["subsampling"] = first_chunk(parse_config(task, config))
+    check_inputs(task, inputs, str(path))
+    return inputs
+
+
+def check_inputs(task: str, inputs: Mapping[str, Any], where: str) -> None:
+    expected = set(CALL_KEYS[task])
+    if set(inputs) != expected:
+        raise ConfigError(
+            f"{where}: the {task} model takes {sorted(expected)}, found {sorted(inputs)}"
+        )
+
+
+def torch_inputs(task: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The official call's arguments as the PyTorch task model's keyword arguments."""
+    if task == "multimodal_autoencoding":
+        torch_kwargs = {key: value for key, value in inputs.items() if key != "subsampling"}
+        torch_kwargs["subsampled_points"] = {**inputs["subsampling"], "label": None}
+        return torch_kwargs
+    return dict(inputs)
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return nested
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = np.asarray(value)
+    return flat
+
+
+# ----------------------------------------------------------------------------------------------------
+# The reference
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The Haiku reference's stages on `inputs` (official call arguments) for `task` under `config`."""
+
+    task: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    stages: dict[str, np.ndarray]
+    origin: str
+
+    def save(self, path: str | Path) -> Path:
+        """Writes an npz file: `inputs/<name>`, `stages/<name>` and a JSON header under `__meta__`."""
+        meta = {"format": REFERENCE_FORMAT, "task": self.task, "config": self.config, "origin": self.origin}
+        arrays = {f"inputs/{name}": value for name, value in _flat(self.inputs).items()}
+        arrays.update({f"stages/{name}": value for name, value in self.stages.items()})
+        path = Path(path)
+        with path.open("wb") as file:
+            np.savez_compressed(file, __meta__=np.array(json.dumps(meta)), **arrays)
+        return path
+
+
+def compute_reference(
+    checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping
+) -> Reference:
+    """Runs the Haiku reference (float32, JAX on CPU); needs jax and dm-haiku."""
+    official = reference_config(task, config)
+    stages = run_haiku_reference(checkpoint, task, official, inputs)
+    stages = {name: value for name, value in stages.items() if is_compared_stage(name)}
+    import haiku
+    import jax
+
+    origin = f"Haiku reference run now (jax {jax.__version__}, dm-haiku {haiku.__version__}, float32 on CPU)"
+    return Reference(task, official, dict(inputs), stages, origin)
+
+
+def load_reference(path: str | Path) -> Reference:
+    """A reference saved by `Reference.save` (or `convert-checkpoint verify --save-reference`)."""
+    try:
+        with np.load(path) as arrays:
+            flat = {name: arrays[name] for name in arrays.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"reference file {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"reference file {path} is not a readable npz file: {error}") from None
+    try:
+        meta = json.loads(str(flat.pop("__meta__")))
+        if meta["format"] != REFERENCE_FORMAT:
+            raise ValueError(f"format {meta['format']!r}")
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"{path} is not a reference file written by verify --save-reference ({error})") from None
+    inputs = _unflatten({name[len("inputs/"):]: value for name, value in flat.items() if name.startswith("inputs/")})
+    stages = {name[len("stages/"):]: value for name, value in flat.items() if name.startswith("stages/")}
+    check_inputs(meta["task"], inputs, str(path))
+    return Reference(meta["task"], meta["config"], inputs, stages, f"{meta['origin']}, saved in {path}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The comparison
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    stage: str
+    shape: tuple[int, ...]
+    max_abs_error: float  # inf for NaN/inf in the PyTorch stage or a shape that differs
+    scale: float  # max |reference|
+    relative_error: float  # max_abs_error / scale (max_abs_error where the scale is 0)
+    passed: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    task: str
+    model: str  # where the PyTorch weights came from
+    reference: str  # where the reference stages came from
+    device: str
+    dtype: str
+    tolerance: float
+    inputs: dict[str, str]  # name -> "shape dtype"
+    stages: list[StageCheck]
+    only_in_pytorch: list[str] = field(default_factory=list)
+    only_in_reference: list[str] = field(default_factory=list)
+
+    @property
+    def first_failure(self) -> str | None:
+        return next((check.stage for check in self.stages if not check.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.stages) and self.first_failure is None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for check in out["stages"]:
+            for key in ("max_abs_error", "relative_error"):
+                if not math.isfinite(check[key]):
+                    check[key] = None  # JSON has no inf; `note` says why
+        out["first_failure"] = self.first_failure
+        out["passed"] = self.passed
+        return out
+
+    def table(self) -> str:
+        lines = [
+            f"verify {self.task}: {self.model}",
+            f"PyTorch on {self.device} in {self.dtype} vs {self.reference}",
+            "inputs: " + ", ".join(f"{name} {description}" for name, description in self.inputs.items()),
+            f"tolerance: {self.tolerance:g} of each stage's scale (max |reference|)",
+            "",
+            f"  {'stage':28s} {'shape':>16s} {'max abs error':>14s} {'scale':>10s} {'rel. error':>11s}",
+        ]
+        first = self.first_failure
+        for check in self.stages:
+            shape = "x".join(map(str, check.shape))
+            mark = "ok" if check.passed else ("FIRST FAIL" if check.stage == first else "fail")
+            note = f"  ({check.note})" if check.note else ""
+            lines.append(
+                f"  {check.stage:28s} {shape:>16s} {check.max_abs_error:14.3e} {check.scale:10.4g} "
+                f"{check.relative_error:11.2e}  {mark}{note}"
+            )
+        if self.only_in_pytorch:
+            lines.append(f"  not recorded by the reference: {', '.join(self.only_in_pytorch)}")
+        if self.only_in_reference:
+            lines.append(f"  not recorded by the PyTorch model: {', '.join(self.only_in_reference)}")
+        lines.append("")
+        if self.passed:
+            worst = max(self.stages, key=lambda check: check.relative_error)
+            lines.append(f"PASS: every stage within {self.tolerance:g} of its scale "
+                         f"(worst: {worst.stage}, {worst.relative_error:.2e})")
+        elif not self.stages:
+            lines.append("FAIL: no stage to compare")
+        else:
+            failed = next(check for check in self.stages if check.stage == first)
+            lines.append(f"FAIL: first stage over tolerance: {first} ({failed.relative_error:.2e} > "
+                         f"{self.tolerance:g}); the stages computed from it inherit its error")
+        return "\n".join(lines)
+
+
+def compare_stages(
+    ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], tolerance: float
+) -> tuple[list[StageCheck], list[str], list[str]]:
+    """Checks of the stages both sides have, in data-flow order; and the names only one side has."""
+    ours = {name: value for name, value in ours.items() if is_compared_stage(name)}
+    reference = {name: value for name, value in reference.items() if is_compared_stage(name)}
+    checks = []
+    for name in sorted(set(ours) & set(reference), key=stage_sort_key):
+        theirs = np.asarray(reference[name])
+        scale = float(np.max(np.abs(theirs), initial=0.0))
+        note = ""
+        try:
+            error = max_abs_error(ours[name], theirs)
+        except ValueError as mismatch:
+            error, note = math.inf, str(mismatch)
+        if not note and not math.isfinite(error):
+            note = "NaN or inf in the PyTorch stage"
+        relative = error / scale if scale else error
+        checks.append(StageCheck(name, tuple(theirs.shape), error, scale, relative, relative <= tolerance, note))
+    only_ours = sorted(set(ours) - set(reference), key=stage_sort_key)
+    only_theirs = sorted(set(reference) - set(ours), key=stage_sort_key)
+    return checks, only_ours, only_theirs
+
+
+@contextlib.contextmanager
+def full_float32_matmuls() -> Iterator[None]:
+    """TF32 off in PyTorch's matmuls and convolutions (on by default for cuDNN), restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: PyTorch sees no CUDA device here (torch.cuda.is_available() is False)")
+
+
+def verify_model(
+    model: nn.Module,
+    reference: Reference,
+    *,
+    model_origin: str,
+    tolerance: float | None = None,
+) -> VerifyReport:
+    """Runs `model` (already on its device and in its dtype) on the reference's inputs and compares."""
+    parameter = next(model.parameters())
+    dtype = str(parameter.dtype).removeprefix("torch.")
+    tolerance = default_tolerance(reference.task, dtype) if tolerance is None else tolerance
+    with full_float32_matmuls():
+        ours = run_torch(model, torch_inputs(reference.task, reference.inputs))
+    checks, only_ours, only_theirs = compare_stages(ours, reference.stages, tolerance)
+    inputs = {name: f"{'x'.join(map(str, value.shape))} {value.dtype}" for name, value in _flat(reference.inputs).items()}
+    return VerifyReport(
+        task=reference.task,
+        model=model_origin,
+        reference=reference.origin,
+        device=parameter.device.type,
+        dtype=dtype,
+        tolerance=tolerance,
+        inputs=inputs,
+        stages=checks,
+        only_in_pytorch=only_ours,
+        only_in_reference=only_theirs,
+    )

@@ -1,0 +1,314 @@
+"""`convert-checkpoint verify`: on every golden checkpoint it passes, with figures equal to a direct
+computation and consistent with the official outputs; a broken conversion fails at the first stage that
+goes wrong; bad input exits 2; the GPU parity script runs (on CPU here, on CUDA where there is one)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from converters.cli import main
+from converters.convert import convert_checkpoint
+from converters.verify import (
+    DEFAULT_FLOAT32_TOLERANCE,
+    DTYPES,
+    default_tolerance,
+    first_chunk,
+    load_reference,
+    reference_config,
+    synthetic_inputs,
+    torch_inputs,
+    verify_model,
+)
+from perceiver_io import hub
+from perceiver_io.attention import MLP
+from perceiver_io.serialization import load
+from perceiver_io.tasks import TASKS, build_model, parse_config
+
+from .conftest import GOLDEN, Golden, manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_TASKS = [task for task in TASKS if (GOLDEN / task).is_dir()]
+OFFICIAL_OUTPUT_TOLERANCE = 1e-4  # tests/test_golden.py's; 1e-3 for the multimodal model (test_multimodal.py)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _official_outputs(golden: Golden) -> dict[str, np.ndarray]:
+    """The official eager outputs of the batch verify runs (the multimodal model: its first chunk)."""
+    if golden.task == "multimodal_autoencoding":
+        return {f"out/{name}": golden.outputs[f"chunk0/out/{name}"] for name in ("audio", "image", "label")}
+    return {"out": golden.outputs["out"]}
+
+
+def _verify(capsys, *args: str) -> tuple[int, dict | str]:
+    status = main(["verify", *args])
+    out = capsys.readouterr().out
+    return status, json.loads(out) if "--json" in args else out
+
+
+def _golden_args(golden: Golden) -> list[str]:
+    return [str(golden.checkpoint), "--task", golden.task, "--config", str(golden.folder / "reduced_config.json")]
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """task -> the reference verify saved while checking that task's golden checkpoint (filled by
+    `test_verify_passes_on_golden`, which runs first, or on demand)."""
+    return {"folder": tmp_path_factory.mktemp("references")}
+
+
+def _reference_of(task: str, references, capsys) -> Path:
+    if task not in references:
+        golden = Golden(task)
+        path = references["folder"] / f"{task}.npz"
+        status, _ = _verify(capsys, *_golden_args(golden), "--inputs", str(golden.folder / "inputs.npz"),
+                            "--save-reference", str(path), "--json")
+        assert status == 0
+        references[task] = path
+    return references[task]
+
+
+@pytest.mark.parametrize("task", GOLDEN_TASKS)
+def test_verify_passes_on_golden(task, references, capsys):
+    golden = Golden(task)
+    path = references["folder"] / f"{task}.npz"
+    status, report = _verify(capsys, *_golden_args(golden), "--inputs", str(golden.folder / "inputs.npz"),
+                             "--save-reference", str(path), "--json")
+    references[task] = path
+    stages = [check["stage"] for check in report["stages"]]
+    print(f"{task}: " + ", ".join(f"{c['stage']} {c['max_abs_error']:.1e}" for c in report["stages"]))
+    assert status == 0 and report["passed"] and report["first_failure"] is None
+    assert report["tolerance"] == default_tolerance(task) and report["device"] == "cpu"
+    assert stages[0] == "encoder_inputs" and stages[-1].startswith("out")
+    num_self_attends = golden.config["encoder" if "encoder" in golden.config else "encoder_config"]
+    applications = num_self_attends["num_self_attends_per_block"] * num_self_attends["num_blocks"]
+    expected = ["encoder_query", "encoder_cross_attention",
+                *[f"encoder_self_attention_{k}" for k in range(applications)], "decoder_query", "decoder_outputs"]
+    assert [stage for stage in stages if stage in expected] == expected
+
+    # The same figures by direct computation: the converted model on the same inputs, against the saved
+    # reference; and against the official outputs, as tests/test_golden.py measures them.
+    reference = load_reference(path)
+    converted = convert_checkpoint(golden.checkpoint, path.with_suffix(".safetensors"), task, golden.config)
+    model = load(converted.output)
+    with torch.inference_mode():
+        out = model(**_as_torch(torch_inputs(task, reference.inputs)))
+    outs = {f"out/{name}": value for name, value in out.items()} if isinstance(out, dict) else {"out": out}
+    reported = {check["stage"]: check for check in report["stages"]}
+    official = _official_outputs(golden)
+    official_tolerance = 1e-3 if task == "multimodal_autoencoding" else OFFICIAL_OUTPUT_TOLERANCE
+    for name, value in outs.items():
+        direct = float(np.abs(value.numpy().astype(np.float64) - reference.stages[name]).max())
+        assert reported[name]["max_abs_error"] == pytest.approx(direct, rel=1e-6, abs=1e-9)
+        against_official = float(np.abs(value.numpy() - official[name]).max())
+        reference_vs_official = float(np.abs(reference.stages[name] - official[name]).max())
+        print(f"{task} {name}: verify {direct:.2e}, vs official {against_official:.2e}, "
+              f"reference vs official {reference_vs_official:.2e}")
+        assert against_official <= official_tolerance
+        assert abs(direct - against_official) <= reference_vs_official + 1e-9  # the triangle inequality
+        assert reference_vs_official <= 1e-5 * max(1.0, float(np.abs(official[name]).max())) * (
+            10 if task == "multimodal_autoencoding" else 1)  # jit reference vs eager official, NOTES §8
+
+
+def _as_torch(value):
+    if isinstance(value, dict):
+        return {key: _as_torch(item) for key, item in value.items()}
+    return None if value is None else torch.from_numpy(np.asarray(value))
+
+
+def test_exact_gelu_fails_first_where_the_first_mlp_runs(references, capsys, monkeypatch):
+    """Trap 1: nn.GELU's exact erf instead of JAX's tanh approximation. The first MLP is the encoder
+    cross-attention's; everything before it is exact."""
+    golden = Golden("language_mlm")
+    reference = load_reference(_reference_of("language_mlm", references, capsys))
+    model = load(golden.checkpoint, task="language_mlm", config=golden.config)
+    monkeypatch.setattr(MLP, "forward", lambda self, x: self.dropout(self.down_proj(F.gelu(self.up_proj(x)))))
+    report = verify_model(model, reference, model_origin="exact-GELU port")
+    print(report.table())
+    assert not report.passed and report.first_failure == "encoder_cross_attention"
+    failed = next(check for check in report.stages if check.stage == "encoder_cross_attention")
+    assert DEFAULT_FLOAT32_TOLERANCE < failed.relative_error < 1e-2  # small, yet over tolerance
+    before = [check for check in report.stages[: report.stages.index(failed)]]
+    assert [check.stage for check in before] == ["encoder_inputs", "encoder_query"]
+    assert all(check.passed for check in before)
+    assert "FIRST FAIL" in report.table() and "FAIL: first stage over tolerance: encoder_cross_attention" in report.table()
+
+
+def test_transposed_square_weight_fails_at_that_layers_application(references, capsys, tmp_path):
+    """Trap 2: a square Linear loaded without its transpose loads silently. The converted file is edited,
+    then checked through the CLI against the saved reference (no JAX run)."""
+    golden = Golden("language_mlm")
+    reference = _reference_of("language_mlm", references, capsys)
+    converted = convert_checkpoint(golden.checkpoint, tmp_path / "good.safetensors", "language_mlm", golden.config)
+    key = "perceiver.encoder.self_attends.1.attention.output_proj.weight"
+    with safe_open(converted.output, framework="np") as f:
+        metadata = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    assert tensors[key].shape[0] == tensors[key].shape[1]
+    tensors[key] = np.ascontiguousarray(tensors[key].T)
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, broken, metadata=metadata)
+
+    status, report = _verify(capsys, "--converted", str(broken), "--reference", str(reference), "--json")
+    assert status == 1 and not report["passed"]
+    assert report["first_failure"] == "encoder_self_attention_1"
+    stages = [check["stage"] for check in report["stages"]]
+    first = stages.index("encoder_self_attention_1")
+    assert stages[:first] == ["encoder_inputs", "encoder_query", "encoder_cross_attention", "encoder_self_attention_0"]
+    assert all(check["passed"] for check in report["stages"][:first])
+    assert report["stages"][first]["relative_error"] > 0.1
+
+    status, table = _verify(capsys, "--converted", str(converted.output), "--reference", str(reference))
+    assert status == 0 and "PASS: every stage within 0.0001" in table
+
+
+def test_table_reports_every_stage(references, capsys):
+    golden = Golden("imagenet_conv")
+    reference = _reference_of("imagenet_conv", references, capsys)
+    status, table = _verify(capsys, *_golden_args(golden), "--reference", str(reference))
+    print(table)
+    assert status == 0
+    lines = table.splitlines()
+    assert lines[0].startswith("verify imagenet_conv: ") and "converted in memory" in lines[0]
+    assert "PyTorch on cpu in float32 vs Haiku reference run now" in lines[1] and str(reference) in lines[1]
+    header = next(line for line in lines if line.strip().startswith("stage"))
+    assert header.split() == ["stage", "shape", "max", "abs", "error", "scale", "rel.", "error"]
+    rows = [line.split() for line in lines if line.strip().startswith(("encoder_", "inputs_", "decoder_", "out"))]
+    assert [row[0] for row in rows][-3:] == ["decoder_query", "decoder_outputs", "out"]
+    assert all(row[-1] == "ok" for row in rows)
+
+
+def test_synthetic_inputs_are_of_the_right_kind():
+    language = synthetic_inputs("language_mlm", Golden("language_mlm").config)
+    mask = language["input_mask"]
+    assert mask.shape == (3, 64) and mask[0].all() and 0 < mask[1].sum() < 64 and not mask[2].any()
+    assert (language["inputs"][mask == 0] == 0).all() and (language["inputs"][mask == 1] >= 3).all()
+    assert (language["inputs"] == 3).any()  # some [MASK] ids
+    assert synthetic_inputs("imagenet_conv", Golden("imagenet_conv").config)["images"].shape == (2, 32, 32, 3)
+    assert synthetic_inputs("imagenet_learned")["images"].shape == (2, 224, 224, 3)
+    flow = synthetic_inputs("optical_flow", Golden("optical_flow").config)["images"]
+    assert flow.shape == (2, 2, 12, 16, 3) and -1 <= flow.min() and flow.max() <= 1
+    config = Golden("multimodal_autoencoding").config
+    video = synthetic_inputs("multimodal_autoencoding", config)
+    assert video["images"].shape == (2, 4, 16, 16, 3) and 0 <= video["images"].min() and video["images"].max() <= 1
+    assert video["audio"].shape == (2, 1920, 1)
+    model = build_model("multimodal_autoencoding", config)
+    colab = model.chunks()[0]
+    for name in ("image", "audio"):
+        np.testing.assert_array_equal(video["subsampling"][name], colab[name].numpy())
+    assert first_chunk(parse_config("multimodal_autoencoding"))["image"].shape == (6272,)
+
+
+def test_verify_on_synthetic_inputs(capsys):
+    golden = Golden("language_mlm")
+    status, report = _verify(capsys, *_golden_args(golden), "--json")
+    assert status == 0 and report["passed"]
+    assert report["inputs"] == {"inputs": "3x64 int32", "input_mask": "3x64 int32"}
+
+
+def test_reference_config_of_each_release_builds_the_released_parameter_tree():
+    """A released name without --config runs the reference at the released configuration: its parameter
+    tree (shapes only, nothing computed) is the official manifest's, leaf for leaf."""
+    import jax
+    import jax.numpy as jnp
+
+    from converters.haiku_reference.tasks import build
+
+    for task in hub.RELEASES:
+        inputs = synthetic_inputs(task)
+        if task == "language_mlm":
+            inputs = {key: value[:1] for key, value in inputs.items()}
+        transformed = build(task, reference_config(task, None))
+        params, _ = jax.eval_shape(
+            lambda inputs=inputs: transformed.init(jax.random.PRNGKey(0), **jax.tree_util.tree_map(jnp.asarray, inputs))
+        )
+        ours = {f"{module}/{name}": list(leaf.shape) for module, leaves in params.items() for name, leaf in leaves.items()}
+        official = {f"{leaf['module']}/{leaf['name']}": leaf["shape"] for leaf in manifest(task)["params"]}
+        assert ours == official, task
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.pickle", "--task", "language_mlm"], "no Haiku checkpoint at missing.pickle"),
+        ([], "give SRC"),
+        (["--tolerance", "-1"], "--tolerance must be positive"),
+        (["__GOLDEN__"], "--task is required"),
+        (["__GOLDEN__", "--task", "language_mlm", "--inputs", "__IMAGES__"], "takes ['input_mask', 'inputs']"),
+        (["__GOLDEN__", "--task", "language_mlm", "--reference", "__IMAGES__"], "not a reference file"),
+    ],
+)
+def test_bad_input_exits_2(args, message, capsys):
+    golden = Golden("language_mlm")
+    replacements = {"__GOLDEN__": str(golden.checkpoint), "__IMAGES__": str(GOLDEN / "imagenet_conv" / "inputs.npz")}
+    status = main(["verify", *[replacements.get(arg, arg) for arg in args]])
+    error = capsys.readouterr().err
+    assert status == 2 and message in error, error
+
+
+def test_converted_file_of_another_task_or_config_exits_2(references, capsys, tmp_path):
+    reference = _reference_of("imagenet_conv", references, capsys)
+    golden = Golden("language_mlm")
+    language = convert_checkpoint(golden.checkpoint, tmp_path / "language.safetensors", "language_mlm", golden.config)
+    assert main(["verify", "--converted", str(language.output), "--reference", str(reference)]) == 2
+    assert "holds a language_mlm model, not imagenet_conv" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_cuda_without_cuda_exits_2(capsys):
+    assert main(["verify", "language_mlm", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def _gpu_parity_script():
+    spec = importlib.util.spec_from_file_location("gpu_parity", ROOT / "scripts" / "gpu_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_parity_script_runs_on_cpu(references, capsys, tmp_path):
+    folder = tmp_path / "references"
+    folder.mkdir()
+    for task in ("imagenet_fourier", "optical_flow"):
+        shutil.copy(_reference_of(task, references, capsys), folder / f"{task}.npz")
+    status = _gpu_parity_script().main(["--device", "cpu", "--tasks", "imagenet_fourier", "optical_flow",
+                                        "--dtypes", "float32", "bfloat16", "--references", str(folder),
+                                        "--json", str(tmp_path / "reports.json")])
+    out = capsys.readouterr().out
+    print(out)
+    assert status == 0
+    summary = out[out.index("summary"):].splitlines()
+    assert summary[1].split() == ["task", "float32", "bfloat16"]
+    assert summary[2].split()[:2] == ["imagenet_fourier", "PASS"] and summary[3].split()[0] == "optical_flow"
+    reports = json.loads((tmp_path / "reports.json").read_text())
+    assert [(r["task"], r["dtype"], r["passed"]) for r in reports] == [
+        ("imagenet_fourier", "float32", True), ("imagenet_fourier", "bfloat16", True),
+        ("optical_flow", "float32", True), ("optical_flow", "bfloat16", True)]
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("task", ["language_mlm", "imagenet_conv", "multimodal_autoencoding"])
+def test_verify_on_cuda(task, dtype, references, capsys):
+    golden = Golden(task)
+    reference = _reference_of(task, references, capsys)
+    status, report = _verify(capsys, *_golden_args(golden), "--reference", str(reference), "--device", "cuda",
+                             "--dtype", dtype, "--json")
+    print(f"{task} {dtype}: " + ", ".join(f"{c['stage']} {c['relative_error']:.1e}" for c in report["stages"]))
+    assert report["device"] == "cuda" and report["dtype"] == dtype
+    assert status == 0 and report["passed"], report["first_failure"]
+    assert all(math.isfinite(check["max_abs_error"]) for check in report["stages"])
+    if dtype == "float32" and task != "multimodal_autoencoding":  # TF32 off: as close to JAX as on the CPU
+        assert max(check["relative_error"] for check in report["stages"]) <= 1e-5
