@@ -37,6 +37,9 @@ from perceiver_io.tasks import TASKS, build_model, parse_config
 
 from .conftest import GOLDEN, Golden, manifest
 
+pytest.importorskip("jax")  # the Haiku reference, on CPU and on a GPU machine alike
+pytest.importorskip("haiku")
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_TASKS = [task for task in TASKS if (GOLDEN / task).is_dir()]
 OFFICIAL_OUTPUT_TOLERANCE = 1e-4  # tests/test_golden.py's; 1e-3 for the multimodal model (test_multimodal.py)
