@@ -185,7 +185,9 @@ def basic_decoder(config: DecoderConfig, module: str, torch: str) -> list[Rule]:
     """Official `BasicDecoder` at Haiku path `module`: its query encoding (made in `__init__`), then
     `cross_attention` and `output` (made in `__call__`)."""
     rules = [
-        *position_encoding(config.position_encoding_type, -1, f"{module}/~", f"{torch}.queries.position_encoding"),
+        *position_encoding(
+            config.position_encoding_type, config.project_pos_dim, f"{module}/~", f"{torch}.queries.position_encoding"
+        ),
         *cross_attention(f"{module}/cross_attention", f"{torch}.cross_attention"),
     ]
     if config.final_project:

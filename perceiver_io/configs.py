@@ -218,6 +218,7 @@ class DecoderConfig(OfficialConfig):
     concat_preprocessed_input: bool = False
     num_heads: int = 1
     final_project: bool = True
+    project_pos_dim: int = -1
     trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
     fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
     name: str | None = None

@@ -30,6 +30,7 @@ class DecoderQueries(nn.Module):
         self.position_encoding = build_position_encoding(
             config.position_encoding_type,
             self.index_dims,
+            config.project_pos_dim,
             trainable=config.trainable_position_encoding_kwargs,
             fourier=config.fourier_position_encoding_kwargs,
         )
