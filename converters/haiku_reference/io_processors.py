@@ -1,6 +1,7 @@
 """Pre- and post-processors, mirroring the official `perceiver/io_processors.py`.
 
-Only the processors used by the released models are mirrored.
+Everything there is mirrored except `ImagePostprocessor`'s 'raft' type, which the official code
+accepts but cannot run (it never builds the network it calls).
 """
 
 import functools
@@ -12,6 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters.haiku_reference import position_encoding
+
+
+def reverse_space_to_depth(frames, temporal_block_size=1, spatial_block_size=1):
+    """`b h w (dh dw c) -> b (h dh) (w dw) c`, or `b t h w (dt dh dw c) ->
+    b (t dt) (h dh) (w dw) c` for rank-5 frames: the inverse of `space_to_depth`."""
+    s = spatial_block_size
+    if frames.ndim == 4:
+        b, h, w, _ = frames.shape
+        x = jnp.reshape(frames, [b, h, w, s, s, -1])
+        return jnp.reshape(jnp.transpose(x, [0, 1, 3, 2, 4, 5]), [b, h * s, w * s, -1])
+    if frames.ndim == 5:
+        t_s = temporal_block_size
+        b, t, h, w, _ = frames.shape
+        x = jnp.reshape(frames, [b, t, h, w, t_s, s, s, -1])
+        x = jnp.transpose(x, [0, 1, 4, 2, 5, 3, 6, 7])
+        return jnp.reshape(x, [b, t * t_s, h * s, w * s, -1])
+    raise ValueError('Frames should be of rank 4 (batch, height, width, channels) '
+                     'or rank 5 (batch, time, height, width, channels).')
 
 
 def space_to_depth(frames, temporal_block_size=1, spatial_block_size=1):
@@ -70,6 +89,53 @@ class Conv2DDownsample(hk.Module):
             out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
                               padding='SAME')
         return out
+
+
+class Conv2DUpsample(hk.Module):
+    """`Conv2DUpsample`: `transp_conv_1` (2*n_outputs channels) -> ReLU -> `transp_conv_2`
+    (n_outputs), both `hk.Conv2DTranspose` 4x4 stride 2 'SAME' with bias, built in `__init__`:
+    [B, H, W, C] -> [B, 4H, 4W, n_outputs]. Weights are [4, 4, out, in]."""
+
+    def __init__(self, n_outputs, name=None):
+        super().__init__(name=name)
+        self.transp_conv1 = hk.Conv2DTranspose(output_channels=n_outputs * 2, kernel_shape=4,
+                                               stride=2, with_bias=True, padding='SAME',
+                                               name='transp_conv_1')
+        self.transp_conv2 = hk.Conv2DTranspose(output_channels=n_outputs, kernel_shape=4,
+                                               stride=2, with_bias=True, padding='SAME',
+                                               name='transp_conv_2')
+
+    def __call__(self, inputs, *, is_training, test_local_stats=False):
+        return self.transp_conv2(jax.nn.relu(self.transp_conv1(inputs)))
+
+
+class Conv3DUpsample(hk.Module):
+    """`Conv3DUpsample`: max(n_time_upsamples, n_space_upsamples) `hk.Conv3DTranspose` layers
+    `conv3d_transpose_{i}` (kernel 4x4x4, 'SAME', with bias, built in `__call__`), ReLU between.
+
+    Layer i has n_outputs * 2**(n - 1 - i) channels and strides (2 while i < n_time_upsamples
+    else 1, then 2 while i < n_space_upsamples else 1, twice): [B, T, H, W, C] ->
+    [B, T * 2**n_time_upsamples, H * 2**n_space_upsamples, W * 2**n_space_upsamples, n_outputs].
+    Weights are [4, 4, 4, out, in].
+    """
+
+    def __init__(self, n_outputs, n_time_upsamples=2, n_space_upsamples=4, name=None):
+        super().__init__(name=name)
+        self._n_outputs = n_outputs
+        self._n_time_upsamples = n_time_upsamples
+        self._n_space_upsamples = n_space_upsamples
+
+    def __call__(self, x, *, is_training):
+        n_upsamples = max(self._n_time_upsamples, self._n_space_upsamples)
+        for i in range(n_upsamples):
+            time_stride = 2 if i < self._n_time_upsamples else 1
+            space_stride = 2 if i < self._n_space_upsamples else 1
+            x = hk.Conv3DTranspose(output_channels=self._n_outputs * 2 ** (n_upsamples - 1 - i),
+                                   stride=[time_stride, space_stride, space_stride],
+                                   kernel_shape=[4, 4, 4], name=f'conv3d_transpose_{i}')(x)
+            if i != n_upsamples - 1:
+                x = jax.nn.relu(x)
+        return x
 
 
 class ImagePreprocessor(hk.Module):
@@ -153,6 +219,68 @@ class ImagePreprocessor(hk.Module):
         return inputs, None, inputs_without_pos
 
 
+class ImagePostprocessor(hk.Module):
+    """`ImagePostprocessor`: optionally reshape [B, N, C] to [B, *input_reshape_size, C], then
+
+    - 'pixels': nothing (no upsampling allowed);
+    - 'conv1x1': `conv2_d` (`hk.Conv2D` 1x1, stride `spatial_upsample`, n_outputs channels);
+    - 'conv': `conv2_d_upsample` (`Conv2DUpsample`, 4x in H and W whatever `spatial_upsample`;
+      applied per frame to rank-5 inputs) when temporal_upsample is 1, else `conv3_d_upsample`
+      (`Conv3DUpsample` with log2 of the temporal and spatial factors);
+    - 'patches': `reverse_space_to_depth` by (temporal_upsample, spatial_upsample).
+
+    'raft' is refused: the official constructor accepts it but builds no network for its call.
+    """
+
+    def __init__(self, postproc_type='pixels', spatial_upsample=1, temporal_upsample=1,
+                 n_outputs=-1, input_reshape_size=None, name=None):
+        super().__init__(name=name)
+        if postproc_type == 'raft':
+            raise ValueError("postproc_type 'raft' is broken in the official code (it builds no "
+                             "network for it); use 'pixels', 'conv1x1', 'conv' or 'patches'.")
+        if postproc_type not in ('conv', 'patches', 'pixels', 'conv1x1'):
+            raise ValueError('Invalid postproc_type!')
+        self._postproc_type = postproc_type
+        self._temporal_upsample = temporal_upsample
+        self._spatial_upsample = spatial_upsample
+        self._input_reshape_size = input_reshape_size
+        if postproc_type == 'pixels':
+            if temporal_upsample != 1 or spatial_upsample != 1:
+                raise ValueError('Pixels postprocessing should not currently upsample.')
+        elif postproc_type == 'conv1x1':
+            assert temporal_upsample == 1, 'conv1x1 does not upsample in time.'
+            if n_outputs == -1:
+                raise ValueError('Expected value for n_outputs')
+            self.conv1x1 = hk.Conv2D(n_outputs, kernel_shape=[1, 1],
+                                     stride=[spatial_upsample, spatial_upsample])
+        elif postproc_type == 'conv':
+            if n_outputs == -1:
+                raise ValueError('Expected value for n_outputs')
+            if temporal_upsample != 1:
+                def int_log2(x):
+                    return int(np.round(np.log(x) / np.log(2)))
+                self.convnet = Conv3DUpsample(n_outputs, int_log2(temporal_upsample),
+                                              int_log2(spatial_upsample))
+            else:
+                self.convnet = Conv2DUpsample(n_outputs)
+
+    def __call__(self, inputs, *, is_training, pos=None, modality_sizes=None):
+        if self._input_reshape_size is not None:
+            inputs = jnp.reshape(inputs, [inputs.shape[0]] + list(self._input_reshape_size)
+                                 + [inputs.shape[-1]])
+        if self._postproc_type == 'conv':
+            conv = self.convnet
+            if inputs.ndim == 5 and self._temporal_upsample == 1:
+                conv = hk.BatchApply(conv)
+            inputs = conv(inputs, is_training=is_training)
+        elif self._postproc_type == 'conv1x1':
+            inputs = self.conv1x1(inputs)
+        elif self._postproc_type == 'patches':
+            inputs = reverse_space_to_depth(inputs, self._temporal_upsample,
+                                            self._spatial_upsample)
+        return inputs
+
+
 class OneHotPreprocessor(hk.Module):
     """`OneHotPreprocessor`: [B, C] -> [B, 1, C], no position encoding."""
 
@@ -209,6 +337,13 @@ class AudioPostprocessor(hk.Module):
     def __call__(self, inputs, *, is_training, pos=None, modality_sizes=None):
         out = hk.Linear(self._samples_per_patch)(inputs)
         return jnp.reshape(out, [inputs.shape[0], -1])
+
+
+class IdentityPostprocessor(hk.Module):
+    """`IdentityPostprocessor`: returns its input unchanged."""
+
+    def __call__(self, inputs, *, is_training, pos=None, modality_sizes=None):
+        return inputs
 
 
 def restructure(modality_sizes, inputs):

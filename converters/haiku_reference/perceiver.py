@@ -3,6 +3,11 @@
 Shapes: B batch, N inputs, M latents (`z_index_dim`), O output queries, C channels, H heads.
 Intermediate activations are reported through `record` to the innermost `recording()` block; this
 is a plain Python side channel, so it creates no modules and leaves parameter names unchanged.
+
+Random keys are drawn exactly where the official code draws them, so a given rng gives the
+official dropout masks: `attend` draws one only when its attention-dropout rate is non-zero, while
+the residual dropouts of `SelfAttention`/`CrossAttention` and the one closing `MLP` always draw one
+(at rate 0 outside training), so every apply needs an rng, as the official model's does.
 """
 
 import contextlib
@@ -41,11 +46,6 @@ def record(name, value):
         _TAPES[-1][name] = value
 
 
-def _dropout(x, rate):
-    """`hk.dropout`, drawing a key only when the rate is non-zero."""
-    return hk.dropout(hk.next_rng_key(), rate, x) if rate > 0 else x
-
-
 def attend(q, k, v, dropout_prob=0.0, attention_mask=None):
     """Multi-head attention: q [B,T,H,Dqk], k [B,S,H,Dqk], v [B,S,H,Dv] -> [B,T,H*Dv].
 
@@ -58,7 +58,9 @@ def attend(q, k, v, dropout_prob=0.0, attention_mask=None):
     if attention_mask is not None:
         large_k = jnp.array(1e4 if logits.dtype == jnp.float16 else 1e30, dtype=logits.dtype)
         logits = jnp.where(attention_mask[:, None, :, :], logits, -large_k)
-    weights = _dropout(jax.nn.softmax(logits), dropout_prob)
+    weights = jax.nn.softmax(logits)
+    if dropout_prob > 0:
+        weights = hk.dropout(hk.next_rng_key(), dropout_prob, weights)
     summed = jnp.einsum('bhtT,bThd->bthd', weights, v)
     summed = jnp.reshape(summed, [batch, q_len, num_heads * v_head_dim])
     if attention_mask is not None:
@@ -137,7 +139,7 @@ class MLP(hk.Module):
         x = conv_1d(self._widening_factor * channels, init_scale=self._init_scale)(x)
         x = jax.nn.gelu(x)
         x = conv_1d(channels, init_scale=self._init_scale)(x)
-        return _dropout(x, self._dropout_prob if is_training else 0.0)
+        return hk.dropout(hk.next_rng_key(), self._dropout_prob if is_training else 0.0, x)
 
 
 class SelfAttention(hk.Module):
@@ -164,7 +166,7 @@ class SelfAttention(hk.Module):
             num_heads=self._num_heads, init_scale=self._att_init_scale,
             qk_channels=self._qk_channels, v_channels=self._v_channels,
             dropout_prob=dropout_attn_prob)(qkv_inputs, qkv_inputs, attention_mask=attention_mask)
-        x = inputs + _dropout(attention, dropout_prob)
+        x = inputs + hk.dropout(hk.next_rng_key(), dropout_prob, attention)
         mlp = MLP(widening_factor=self._widening_factor, dropout_prob=dropout_prob,
                   init_scale=self._dense_init_scale)
         return x + mlp(layer_norm(x), is_training=is_training)
@@ -207,7 +209,7 @@ class CrossAttention(hk.Module):
             dropout_prob=dropout_attn_prob, qk_channels=qk_channels,
             v_channels=self._v_channels, output_channels=inputs_q.shape[-1])(
                 layer_norm(inputs_q), layer_norm(inputs_kv), attention_mask=attention_mask)
-        attention = _dropout(attention, dropout_prob)
+        attention = hk.dropout(hk.next_rng_key(), dropout_prob, attention)
         x = inputs_q + attention if self._use_query_residual else attention
         mlp = MLP(widening_factor=self._widening_factor, dropout_prob=dropout_prob,
                   init_scale=self._dense_init_scale)
@@ -312,9 +314,37 @@ class PerceiverEncoder(hk.Module):
         return z
 
 
+class ProjectionDecoder(hk.Module):
+    """`ProjectionDecoder` (no cross-attention): the mean of z over its M latents, then the
+    Linear `logits` [C, num_classes] (zero weight init) built in `__init__`:
+    z [B, M, C] -> [B, num_classes].
+
+    `final_avg_before_project` is accepted and ignored, as in the official code (which always
+    averages).
+    """
+
+    def __init__(self, num_classes, final_avg_before_project=False, name='projection_decoder'):
+        super().__init__(name=name)
+        self._final_avg_before_project = final_avg_before_project
+        self._num_classes = num_classes
+        self.final_layer = hk.Linear(num_classes, w_init=jnp.zeros, name='logits')
+
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
+                      subsampled_points=None):
+        return None
+
+    def output_shape(self, inputs):
+        return (inputs.shape[0], self._num_classes), None
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        return self.final_layer(jnp.mean(z, axis=1, dtype=z.dtype))
+
+
 class BasicDecoder(hk.Module):
-    """`BasicDecoder`: queries from a position encoding built in `__init__`, decoded by a
-    `cross_attention` over z, then the optional final Linear `output`.
+    """`BasicDecoder`: queries from a position encoding built in `__init__` (`~/trainable_position_
+    encoding`, or parameter-free Fourier features; `~/position_encoding_projector/linear` when
+    `project_pos_dim` > 0), decoded by a `cross_attention` over z (widening factor 1, no dropout),
+    then the optional final Linear `output`: query [B, O, Cq], z [B, M, C] -> [B, O, channels].
     """
 
     def __init__(self, output_num_channels, position_encoding_type='trainable',
@@ -347,8 +377,11 @@ class BasicDecoder(hk.Module):
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None,
                       subsampled_points=None):
-        """Queries [B, O, C]; subsampled points use positions -1 + 2*index/dim."""
-        assert self._position_encoding_type != 'none'
+        """Queries [B, O, C] (O = len(subsampled_points) when given, whose positions are
+        -1 + 2*index/dim), preceded on channels by `inputs_without_pos` when
+        `concat_preprocessed_input`. With position_encoding_type 'none' the queries must come from
+        elsewhere (a `MultimodalDecoder`, or a `FlowDecoder` whose queries are its inputs)."""
+        assert self._position_encoding_type != 'none', 'Queries come from elsewhere.'
         batch_size = inputs.shape[0]
         if subsampled_points is not None:
             pos = jnp.stack(jnp.unravel_index(subsampled_points, self._output_index_dim), axis=1)

@@ -105,11 +105,17 @@ class PositionEncodingProjector(hk.Module):
 def build_position_encoding(position_encoding_type, index_dims, project_pos_dim=-1,
                             trainable_position_encoding_kwargs=None,
                             fourier_position_encoding_kwargs=None, name=None):
-    """`build_position_encoding`: a 'trainable' or 'fourier' encoding, optionally projected."""
+    """`build_position_encoding`: a 'trainable' or 'fourier' encoding, wrapped in a
+    `PositionEncodingProjector` when `project_pos_dim` > 0 (the base is built first, so it keeps
+    its own name beside `position_encoding_projector`)."""
     if position_encoding_type == 'trainable':
+        assert trainable_position_encoding_kwargs is not None, \
+            "position_encoding_type 'trainable' needs trainable_position_encoding_kwargs."
         pos_enc = TrainablePositionEncoding(
             index_dim=int(np.prod(index_dims)), name=name, **trainable_position_encoding_kwargs)
     elif position_encoding_type == 'fourier':
+        assert fourier_position_encoding_kwargs is not None, \
+            "position_encoding_type 'fourier' needs fourier_position_encoding_kwargs."
         pos_enc = FourierPositionEncoding(
             index_dims=index_dims, name=name, **fourier_position_encoding_kwargs)
     else:

@@ -1,8 +1,8 @@
-"""The six released Perceiver IO models, built as the official colabs build them.
+"""The six released Perceiver IO models, built as the official colabs build them, and custom ones.
 
-`build(task, config)` takes a config in the official colab keys (as in the manifests and the
-golden `reduced_config.json`) and returns an `hk.TransformedWithState` whose apply returns
-`(output, intermediates)`:
+`build(task, config, is_training=False)` takes a config in the official colab keys (as in the
+manifests and the golden `reduced_config.json`) and returns an `hk.TransformedWithState` whose apply
+returns `(output, intermediates)`:
 
 - language_mlm: `f(inputs [B,N] int, input_mask [B,N] int)` -> logits [B, N, vocab].
 - imagenet_*: `f(images [B,H,W,3] normalised)` -> logits [B, num_classes].
@@ -10,11 +10,31 @@ golden `reduced_config.json`) and returns an `hk.TransformedWithState` whose app
   function returns it: the model's output (after `/ rescale_factor`) times `FLOW_SCALE_FACTOR`.
 - multimodal_autoencoding: `f(images [B,T,H,W,3], audio [B,S,1], subsampling)` -> {'audio':
   [B, n_a*spp], 'image': [B, n_i, 3], 'label': [B, num_classes]} for one chunk of queries.
+- perceiver: any model the official modules compose, from the `GENERIC` config schema below:
+  `f(inputs [B, *input_shape], input_mask [B, N] = None, query_mask [B, O] = None,
+  subsampled_points [P] int = None)` -> the postprocessor's output (the decoder's without one).
 
 `intermediates` maps names to arrays: those recorded by `perceiver.Perceiver` and
 `perceiver.PerceiverEncoder`, plus `perceiver_call_inputs` (and `patches_for_flow` for flow).
 `init` runs the training graph so that BatchNorm creates its EMA state, as the official init
-did; `apply` runs the evaluation graph (dropout off, BatchNorm on its EMA averages).
+did; `apply` runs the evaluation graph (dropout off, BatchNorm on its EMA averages), or with
+`is_training=True` the training graph (dropout on, drawn from apply's rng; BatchNorm on batch
+statistics, its EMA state returned updated), whose apply can be differentiated for gradients.
+Every apply needs an rng, as the official model's does.
+
+The `perceiver` config (official argument names; lists stand for tuples):
+
+    {"input_shape": [...],            # one example, no batch axis
+     "input_preprocessor": null | {"type": "image" | "audio" | "one_hot", ...kwargs},
+     "encoder": {...PerceiverEncoder kwargs},
+     "decoder": {"type": "basic" | "classification" | "projection" | "flow", ...kwargs},
+     "output_postprocessor": null | {"type": "identity" | "projection" | "classification" |
+                                     "audio" | "image", ...kwargs}}
+
+Each `type` selects the official class, the other keys are its constructor's keyword arguments
+(`name` included); the modules are built outside `Perceiver`, as the colabs build them, so they
+are top-level Haiku modules under the official default names (`image_preprocessor`,
+`perceiver_encoder`, `basic_decoder`, `image_postprocessor`, ...).
 """
 
 import functools
@@ -140,6 +160,58 @@ def _multimodal_autoencoding(config, images, audio, subsampling, *, is_training)
     return model(inputs, is_training=is_training, subsampled_output_points=subsampling)
 
 
+GENERIC = 'perceiver'
+
+_PREPROCESSORS = {
+    'image': io_processors.ImagePreprocessor,
+    'audio': io_processors.AudioPreprocessor,
+    'one_hot': io_processors.OneHotPreprocessor,
+}
+_DECODERS = {
+    'basic': perceiver.BasicDecoder,
+    'classification': perceiver.ClassificationDecoder,
+    'projection': perceiver.ProjectionDecoder,
+    'flow': perceiver.FlowDecoder,
+}
+_POSTPROCESSORS = {
+    'identity': io_processors.IdentityPostprocessor,
+    'projection': io_processors.ProjectionPostprocessor,
+    'classification': io_processors.ClassificationPostprocessor,
+    'audio': io_processors.AudioPostprocessor,
+    'image': io_processors.ImagePostprocessor,
+}
+
+
+def _module(kinds, key, spec):
+    """The official module `spec['type']` names in `kinds`, built from the rest of `spec`."""
+    if spec is None:
+        return None
+    kwargs = dict(spec)
+    kind = kwargs.pop('type', None)
+    if kind not in kinds:
+        raise ValueError(f'config[{key!r}]: expected "type" in {sorted(kinds)}, found {kind!r}.')
+    return kinds[kind](**kwargs)
+
+
+def _perceiver(config, inputs, input_mask=None, query_mask=None, subsampled_points=None, *,
+               is_training):
+    """A custom Perceiver from the `GENERIC` schema: [B, *input_shape] -> output."""
+    expected = tuple(config['input_shape'])
+    if tuple(inputs.shape[1:]) != expected:
+        raise ValueError(f"inputs: expected shape [B, {', '.join(map(str, expected))}] from "
+                         f"config['input_shape'], found {list(inputs.shape)}.")
+    perceiver.record('perceiver_call_inputs', inputs)
+    model = perceiver.Perceiver(
+        input_preprocessor=_module(_PREPROCESSORS, 'input_preprocessor',
+                                   config.get('input_preprocessor')),
+        encoder=perceiver.PerceiverEncoder(**config['encoder']),
+        decoder=_module(_DECODERS, 'decoder', config['decoder']),
+        output_postprocessor=_module(_POSTPROCESSORS, 'output_postprocessor',
+                                     config.get('output_postprocessor')))
+    return model(inputs, is_training=is_training, subsampled_output_points=subsampled_points,
+                 input_mask=input_mask, query_mask=query_mask)
+
+
 _MODELS = {
     'language_mlm': _language_mlm,
     'imagenet_learned': _imagenet,
@@ -147,13 +219,18 @@ _MODELS = {
     'imagenet_conv': _imagenet,
     'optical_flow': _optical_flow,
     'multimodal_autoencoding': _multimodal_autoencoding,
+    GENERIC: _perceiver,
 }
 
 
-def build(task, config):
-    """The official model of `task` under `config`, as an `hk.TransformedWithState`."""
+def build(task, config, is_training=False):
+    """The official model of `task` under `config`, as an `hk.TransformedWithState`.
+
+    `init` always runs the training graph; `apply` runs the evaluation graph, or the training
+    graph when `is_training` is True.
+    """
     if task not in _MODELS:
-        raise ValueError(f'Unknown task {task!r}; expected one of {TASKS}.')
+        raise ValueError(f'Unknown task {task!r}; expected one of {TASKS + (GENERIC,)}.')
     model = functools.partial(_MODELS[task], config)
 
     def forward(is_training, *args, **kwargs):
@@ -162,5 +239,5 @@ def build(task, config):
         return output, intermediates
 
     train = hk.transform_with_state(functools.partial(forward, True))
-    evaluate = hk.transform_with_state(functools.partial(forward, False))
-    return hk.TransformedWithState(init=train.init, apply=evaluate.apply)
+    run = train if is_training else hk.transform_with_state(functools.partial(forward, False))
+    return hk.TransformedWithState(init=train.init, apply=run.apply)
