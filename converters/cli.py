@@ -7,13 +7,15 @@
     convert-checkpoint verify SRC [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
                        [--inputs INPUTS.npz] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
                        [--tolerance T] [--json] [--save-reference REF.npz | --reference REF.npz]
+    convert-checkpoint export SRC.safetensors -o DST.pickle|DST.npz [--force]
 
 The second form is the project's main job on the small checkpoint that ships with it: convert, load,
 run, and print the parity against the official JAX outputs and the Haiku reference. The third fetches
 the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it there.
 The fourth lists the released checkpoints and what the cache holds of them. The fifth runs the Haiku
 reference and the PyTorch model on the same inputs and reports the error of every stage
-(`converters.verify`); it exits 1 when a stage is over tolerance.
+(`converters.verify`); it exits 1 when a stage is over tolerance. The sixth writes a converted (or
+fine-tuned) model back as a Haiku checkpoint, in the released pickle format or as npz (`converters.export`).
 """
 
 from __future__ import annotations
@@ -260,8 +262,36 @@ def _verify(argv: list[str]) -> int:
     return 0 if report.passed else 1
 
 
+def _export(argv: list[str]) -> int:
+    from perceiver_io.serialization import load
+
+    from .export import export_haiku_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="convert-checkpoint export",
+        description="Write a converted PyTorch checkpoint back as a Haiku checkpoint (released pickle format, "
+        "or npz for a .npz output) that the Haiku code loads as it loads the released files.",
+    )
+    parser.add_argument("source", help="a safetensors file written by convert-checkpoint or perceiver_io.save")
+    parser.add_argument("-o", "--output", required=True, help="the Haiku checkpoint to write (.pickle/.pystate/.npz)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    args = parser.parse_args(argv)
+    if Path(args.output).exists() and not args.force:
+        raise FileExistsError(f"{args.output} already exists; pass --force to replace it")
+    model = load(args.source)
+    path = export_haiku_checkpoint(model, args.output, overwrite=args.force)
+    print(f"exported {args.source} ({type(model).__name__}) -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        try:
+            return _export(argv[1:])
+        except (ConversionError, ConfigError, CheckpointFileError, FileExistsError) as error:
+            print(f"convert-checkpoint export: error: {error}", file=sys.stderr)
+            return 2
     if argv[:1] == ["verify"]:
         try:
             return _verify(argv[1:])

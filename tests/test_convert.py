@@ -155,3 +155,18 @@ def test_bad_config_file(golden_language, workdir, capsys):
     code = main([str(golden_language.checkpoint), "-o", str(workdir / "out.safetensors"), "--task", "language_mlm",
                  "--config", str(config)])
     assert code == 2 and "unknown keys ['D_MODLE']" in capsys.readouterr().err
+
+
+def test_cli_export_writes_back_the_original_tree(golden_language, language_tree, workdir, capsys):
+    converted = workdir / "model.safetensors"
+    convert_checkpoint(golden_language.checkpoint, converted, "language_mlm", golden_language.config)
+    for suffix in (".pickle", ".npz"):
+        exported = workdir / f"back{suffix}"
+        assert main(["export", str(converted), "-o", str(exported)]) == 0, capsys.readouterr().err
+        back = load_haiku_checkpoint(exported)
+        assert back.params.keys() == language_tree.keys() and back.state == {}
+        for module, leaves in language_tree.items():
+            for name, value in leaves.items():
+                np.testing.assert_array_equal(back.params[module][name], value)
+        assert main(["export", str(converted), "-o", str(exported)]) == 2
+        assert "--force" in capsys.readouterr().err
