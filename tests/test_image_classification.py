@@ -46,3 +46,19 @@ def test_classify_an_image_file(tmp_path):
     probabilities = torch.softmax(logits, -1)
     assert [label for label, _ in top] == [str(i) for i in probabilities.argsort(descending=True)[:3].tolist()]
     assert top[0][1] == pytest.approx(float(probabilities.max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("task", ["imagenet_fourier", "imagenet_conv", "imagenet_learned"])
+def test_half_precision_models_run(task, tmp_path):
+    golden = Golden(task)
+    converted = tmp_path / "classifier.safetensors"
+    convert_checkpoint(golden.checkpoint, converted, golden.task, golden.config)
+    full = load(converted)
+    half = load(converted, dtype=torch.bfloat16)
+    images = torch.from_numpy(golden.inputs["images"])
+    with torch.inference_mode():
+        reference = full(images)
+        logits = half(images.to(torch.bfloat16))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    relative = float((logits.float() - reference).abs().max() / reference.abs().max())
+    assert relative < 5e-2, f"bfloat16 relative error {relative:.2e}"
