@@ -36,6 +36,8 @@ from perceiver_io.tasks import TASKS, parse_config
 from .convert import ConversionReport, convert_checkpoint
 from .errors import ConversionError
 
+TASK_CHOICES = [*hub.RELEASES, *(task for task in TASKS if task not in hub.RELEASES)]
+"""The six released models, then `perceiver` (a custom model of the official building set, with --config)."""
 EXAMPLE_TASK = "language_mlm"
 EXAMPLE_CHECKPOINT = "language_perceiver_io_bytes.pickle"
 EXAMPLE_OUTPUT = Path("pytorch_checkpoints/language_mlm_example.safetensors")
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
     parser.add_argument("-o", "--output", help="the safetensors file to write")
-    parser.add_argument("--task", choices=list(hub.RELEASES),
+    parser.add_argument("--task", choices=TASK_CHOICES,
                         help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(sorted(TASKS))})")
     parser.add_argument("--config", help="JSON file with the model's configuration in the official colab keys "
                         "(default: the task's released configuration)")
@@ -170,7 +172,7 @@ def _verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("source", nargs="?",
                         help="the Haiku checkpoint: a released name (" + ", ".join(hub.RELEASES) + "; downloaded "
                         "into the cache if needed) or a .pickle/.pystate/.npz file")
-    parser.add_argument("--task", choices=list(hub.RELEASES), help="the checkpoint's model (required for a file)")
+    parser.add_argument("--task", choices=TASK_CHOICES, help="the checkpoint's model (required for a file)")
     parser.add_argument("--config", help="JSON file with the model's configuration in official colab keys "
                         "(default: the task's released configuration)")
     parser.add_argument("--converted", help="the PyTorch conversion to check (.safetensors); default: convert SRC "

@@ -66,6 +66,7 @@ CALL_KEYS = {
     "imagenet_conv": ("images",),
     "optical_flow": ("images",),
     "multimodal_autoencoding": ("images", "audio", "subsampling"),
+    "perceiver": ("inputs",),
 }
 """The official call's keyword arguments of each task (those of `haiku_reference.tasks.build`'s apply)."""
 
@@ -117,7 +118,8 @@ def synthetic_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | Non
     - ImageNet: 2 images of the config's size, pixels uniform in [0,255] normalised as the colab does;
     - flow: 2 frame pairs of the config's `TRAIN_SIZE`, uniform in [-1,1];
     - multimodal: 2 clips (frames in [0,1], audio in [-1,1]) and the colab's first chunk of subsampled
-      points (image points and audio patches), as `subsampling`.
+      points (image points and audio patches), as `subsampling`;
+    - a custom Perceiver: 2 examples of the config's `input_shape`, standard normal.
     """
     parsed = parse_config(task, config)
     rng = np.random.default_rng(0)
@@ -140,6 +142,8 @@ def synthetic_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | Non
             "audio": rng.uniform(-1, 1, size=(2, parsed.num_audio_samples, 1)).astype(np.float32),
             "subsampling": first_chunk(parsed),
         }
+    if task == "perceiver":
+        return {"inputs": rng.normal(size=(2, *parsed.input_shape)).astype(np.float32)}
     raise ConfigError(f"no synthetic inputs for task {task!r}")
 
 

@@ -212,3 +212,24 @@ def test_many_random_configurations(drawn, seed):
 
 def test_report_worst_error():
     print(f"worst relative max abs error over custom configurations: {WORST['error']:.2e}")
+
+
+def test_custom_checkpoint_through_the_command_line(tmp_path, capsys):
+    from converters.cli import main
+    from converters.haiku_pickle import save_haiku_pickle
+
+    recorded = RECORDED["image_conv_classification"]
+    config = recorded["config"]
+    inputs = _inputs(config, 2, np.random.default_rng(0))
+    shapes = jax.eval_shape(build("perceiver", config).init, jax.random.PRNGKey(0), inputs)
+    rng = np.random.default_rng(1)
+    source = tmp_path / "custom.pickle"
+    save_haiku_pickle(source, _random_tree(shapes[0], rng), _random_tree(shapes[1], rng))
+    config_path = tmp_path / "custom.json"
+    config_path.write_text(json.dumps(config))
+    common = ["--task", "perceiver", "--config", str(config_path)]
+    assert main([str(source), "-o", str(tmp_path / "custom.safetensors"), *common]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["verify", str(source), *common, "--converted", str(tmp_path / "custom.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["stages"], report
