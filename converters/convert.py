@@ -3,11 +3,23 @@
 The ledger holds conversion to account: every source leaf is used exactly once, every PyTorch
 parameter and buffer is filled exactly once, and every shape agrees. Any miss is one error listing the
 unused, unfilled and mis-shaped keys, before anything is written.
+
+Conversion needs numpy only. The PyTorch side of the ledger (the state_dict's names and shapes) comes
+from the model built on the meta device, which needs torch; a process that has not imported torch reads
+it from a small cache instead (`shapes/` in the `perceiver_io.hub` cache folder), keyed by the task, the
+configuration, the source of `perceiver_io` and the version of torch, and fills that cache the first
+time. Importing torch and building the model (whose first `normal_` on the meta device imports
+torch._dynamo) would take longer than the rest of a full-size conversion.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +27,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from perceiver_io.checkpoint_file import PlannedTensor, checkpoint_metadata, write_checkpoint
+import perceiver_io
+from perceiver_io.checkpoint_file import LateValue, PlannedTensor, checkpoint_metadata, write_checkpoint
 from perceiver_io.configs import OfficialConfig
-from perceiver_io.tasks import build_model, parse_config
+from perceiver_io.hub import get_cache_dir
 
 from .errors import MappingError
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
@@ -31,9 +44,58 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> OfficialConfig:
+    """`perceiver_io.tasks.parse_config`, imported when called (`perceiver_io.tasks` imports torch)."""
+    from perceiver_io.tasks import parse_config
+
+    return parse_config(task, config)
+
+
 def expected_torch_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the PyTorch model's state_dict, from a model built on the meta device."""
+    """Names and shapes of the PyTorch model's state_dict, from the model built on the meta device, or,
+    in a process without torch, from the shape cache (filled the first time)."""
+    if "torch" in sys.modules:
+        return _meta_model_shapes(task, config)
+    cached = shape_cache_path(task, config)
+    try:
+        entry = json.loads(cached.read_text())
+        if entry["task"] == task and entry["config"] == config.to_json():
+            return {key: tuple(shape) for key, shape in entry["shapes"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    shapes = _meta_model_shapes(task, config)
+    _write_atomically(cached, json.dumps({"task": task, "config": config.to_json(), "shapes": shapes}))
+    return shapes
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes a cache file; if the cache cannot be written, the next conversion just imports torch again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def shape_cache_path(task: str, config: OfficialConfig) -> Path:
+    """Where the state_dict shapes of `task` with `config` are cached for this source of `perceiver_io` and
+    this version of torch."""
+    key = hashlib.sha256(f"{task}\n{config.to_json()}\ntorch {importlib.metadata.version('torch')}\n".encode())
+    for source in sorted(Path(perceiver_io.__file__).parent.glob("*.py")):
+        key.update(source.name.encode() + b"\n" + source.read_bytes())
+    return get_cache_dir() / "shapes" / f"{task}-{key.hexdigest()[:32]}.json"
+
+
+def _meta_model_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:
     import torch
+
+    from perceiver_io.tasks import build_model
 
     with torch.device("meta"):
         model = build_model(task, config)
@@ -165,10 +227,9 @@ def convert_checkpoint(
     tensors = plan_conversion(checkpoint, task, config)
     state_keys = {rule.torch_key for rule in task_rules(task, config) if rule.collection == "state"}
     sizes = {t.name: int(np.prod(t.shape, dtype=np.int64)) for t in tensors}
-    metadata = checkpoint_metadata(task, config.to_json())
-    if checkpoint.sha256:
-        metadata["source_sha256"] = checkpoint.sha256
+    metadata: dict[str, str | LateValue] = checkpoint_metadata(task, config.to_json())
     if checkpoint.source:
+        metadata["source_sha256"] = LateValue(64, lambda: checkpoint.sha256)  # hashed meanwhile
         metadata["source_file"] = Path(checkpoint.source).name
     write_checkpoint(output, tensors, metadata, overwrite)
     return ConversionReport(

@@ -24,9 +24,14 @@ the file's bytes. The stand-ins admit plain numeric dtypes and exact byte counts
 build the array. One limit stays, shared with `pickle.load`: a damaged memo index makes CPython's
 unpickler allocate a huge table (MemoryError, or the OOM killer); compare `sha256` with the published one.
 
-Memory: a pickle is streamed from disk once, hashed on the way, and numpy keeps each large array in the
-buffer the unpickler read it into, so loading an 800 MB checkpoint needs about 800 MB. An npz file is
-read into memory whole before its arrays are extracted (about twice its size).
+Memory and time: a pickle is mapped into memory (copy-on-write), never copied. Its opcodes are scanned
+first, and each large bytes payload (an array's data, 64 KiB or more) is handed to the unpickler as a
+persistent id that stands for that span of the mapping, so the large arrays are views of the file's pages:
+loading an 800 MB checkpoint takes its size in page cache and about nothing more, and no page is copied.
+A file that does not map is read into one buffer instead. The file's sha256 is computed by a background
+thread from the same pages while the pickle is parsed; `HaikuCheckpoint.sha256` waits for it. As with
+any mapping, a file truncated by another process while its arrays are in use makes reading them fail
+(SIGBUS). An npz file is read into memory whole before its arrays are extracted (about twice its size).
 
 `save_haiku_pickle` writes the released format (protocol 3; globals `haiku._src.data_structures
 FlatMapping`, `numpy.core.multiarray _reconstruct`, `numpy ndarray`, `numpy dtype`) opcode by opcode,
@@ -38,10 +43,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import pickle
+import pickletools
 import secrets
 import struct
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,13 +73,18 @@ class HaikuCheckpoint:
 
     `state` is `{}` when the source has none (every released checkpoint but the ImageNet ones).
     `source` is the file path and `sha256` the hex digest of the file's bytes; both are None for a tree
-    that was already in memory.
+    that was already in memory. `digest` is what computes the sha256 (anything with `hexdigest()`).
     """
 
     params: Tree = field(repr=False)
     state: Tree = field(repr=False)
     source: str | None
-    sha256: str | None
+    digest: Any = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's sha256 in hex (None for an in-memory tree); waits for the background hash if need be."""
+        return None if self.digest is None else self.digest.hexdigest()
 
 
 class _StandIn:
@@ -134,7 +147,8 @@ class _PickledArray:
     """Stands in for `_reconstruct(ndarray, (0,), b'b')` + BUILD `(1, shape, dtype, is_fortran, bytes)`.
 
     The state is checked (numeric dtype, exact byte count) before numpy's own `__setstate__` sees it,
-    which keeps large arrays in the bytes the unpickler read, without a copy. `np.asarray` gives the array.
+    which keeps small arrays in the bytes the unpickler read; a large array's data is a `_Payload`, and the
+    array a view of it. `np.asarray` gives the array.
     """
 
     __slots__ = ("_array",)
@@ -149,10 +163,13 @@ class _PickledArray:
         _, shape, dtype, is_fortran, data = state
         dtype = _checked_dtype(dtype)
         shape = _checked_shape(shape)
-        if not isinstance(is_fortran, bool) or not isinstance(data, bytes):
+        if not isinstance(is_fortran, bool) or not isinstance(data, (bytes, _Payload)):
             raise CheckpointFormatError(f"the pickle gives an array of shape {shape} no raw bytes (found "
                                         f"{type(data).__name__}); only numeric arrays are allowed")
         _check_byte_count(data, shape, dtype)
+        if isinstance(data, _Payload):
+            self._array = np.frombuffer(data.view, dtype).reshape(shape, order="F" if is_fortran else "C")
+            return
         array = _multiarray._reconstruct(np.ndarray, (0,), b"b")
         array.__setstate__((1, shape, dtype, is_fortran, data))
         self._array = array
@@ -175,7 +192,7 @@ def _checked_shape(shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def _check_byte_count(data: bytes | bytearray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def _check_byte_count(data: bytes | bytearray | _Payload, shape: tuple[int, ...], dtype: np.dtype) -> None:
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if len(data) != expected:
         raise CheckpointFormatError(f"the pickle holds {len(data)} bytes for a {dtype} array of shape {shape}, "
@@ -204,10 +221,10 @@ def _scalar(dtype: Any, data: Any) -> np.ndarray:
 def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Stands in for `numpy.core.numeric._frombuffer`, numpy's reduction under pickle protocol 5."""
     dtype, shape = _checked_dtype(dtype), _checked_shape(shape)
-    if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
+    if not isinstance(buffer, (bytes, bytearray, _Payload)) or order not in ("C", "F"):
         raise CheckpointFormatError(f"the pickle gives a {dtype} array of shape {shape} no raw bytes")
     _check_byte_count(buffer, shape, dtype)
-    return np.frombuffer(buffer, dtype).reshape(shape, order=order)
+    return np.frombuffer(buffer.view if isinstance(buffer, _Payload) else buffer, dtype).reshape(shape, order=order)
 
 
 _NUMPY_PACKAGES = ("numpy.core", "numpy._core")  # numpy 1 writes the first, numpy 2 the second
@@ -241,7 +258,7 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
     """
     if isinstance(source, Mapping):
         params, state = _split_params_and_state(source, "the in-memory Haiku tree")
-        return HaikuCheckpoint(params=params, state=state, source=None, sha256=None)
+        return HaikuCheckpoint(params=params, state=state, source=None)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
     path = os.fspath(source)
@@ -260,15 +277,19 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
         head = file.peek(32)[:32]
         if head.startswith(b"PK"):
             data = file.read()
-            sha256 = hashlib.sha256(data).hexdigest()
+            digest = hashlib.sha256(data)
             params, state = _read_npz(data, path)
         else:
             _check_pickle_header(head, path)
-            reader = _HashingReader(file, size)
-            tree = _unpickle(reader, path)
-            sha256 = reader.hexdigest_of_whole_file()
-            params, state = _split_params_and_state(tree, path)
-    return HaikuCheckpoint(params=params, state=state, source=path, sha256=sha256)
+            data = _mapped(file, size)
+            digest = _BufferDigest(data, path)
+            try:
+                tree = _unpickle(data, path)
+                params, state = _split_params_and_state(tree, path)
+            except BaseException:
+                digest.cancel()
+                raise
+    return HaikuCheckpoint(params=params, state=state, source=path, digest=digest)
 
 
 def save_haiku_pickle(
@@ -308,11 +329,27 @@ def save_haiku_npz(
         np.savez(out, **arrays)
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only `_ALLOWED_GLOBALS`; any other global is refused unresolved."""
+class _Payload:
+    """A large bytes payload of the pickle, left in the file's buffer: `view` is its span there."""
 
-    def __init__(self, file: _HashingReader, path: str):
-        super().__init__(file)
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview):
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only `_ALLOWED_GLOBALS`; any other global is refused unresolved.
+
+    It reads the scanned opcodes (`_scan_opcodes`), where persistent id k stands for the k-th large
+    payload; the file's own persistent ids were refused by the scan."""
+
+    def __init__(self, opcodes: bytes, payloads: list[_Payload], path: str):
+        super().__init__(io.BytesIO(opcodes))
+        self._payloads = payloads
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
@@ -327,46 +364,122 @@ class _AllowListUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointFormatError(f"the pickle holds a persistent id ({pid!r}); Haiku checkpoints have none")
+        if type(pid) is not int or not 0 <= pid < len(self._payloads):  # only the scan writes persistent ids
+            raise CheckpointFormatError(f"the pickle holds a persistent id ({pid!r}); Haiku checkpoints have none")
+        return self._payloads[pid]
 
 
-class _HashingReader:
-    """The file as the unpickler reads it, hashed on the way, so every byte is read from disk once.
+def _mapped(file: BinaryIO, size: int) -> mmap.mmap | bytearray:
+    """The file's bytes: a copy-on-write mapping (arrays stay writable, the file unchanged), or, for a file
+    that cannot be mapped, a buffer it is read into."""
+    try:
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        buffer = bytearray(size)
+        file.readinto(buffer)
+        return buffer
 
-    Reads are capped at the bytes left in the file, so a corrupt length field cannot ask for more.
-    """
 
-    def __init__(self, file: BinaryIO, size: int):
-        self._file = file
-        self.size = size
-        self._left = size
-        self._sha256 = hashlib.sha256()
+class _BufferDigest:
+    """The sha256 of the file's bytes, computed by a background thread while the pickle is parsed (hashlib
+    releases the GIL, so both cores work)."""
 
-    def _account(self, data: bytes | memoryview) -> None:
-        self._left -= len(data)
-        self._sha256.update(data)
+    CHUNK = 1 << 24
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._file.read(self._left if size < 0 else min(size, self._left))
-        self._account(data)
-        return data
+    def __init__(self, data: mmap.mmap | bytearray, path: str):
+        self._data = memoryview(data)
+        self._hexdigest: str | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sha256 of {path}", daemon=True)
+        self._thread.start()
 
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        count = self._file.readinto(view[: self._left])
-        self._account(view[:count])
-        return count
+    def _run(self) -> None:
+        sha256 = hashlib.sha256()
+        for start in range(0, len(self._data), self.CHUNK):
+            if self._cancelled.is_set():
+                return
+            sha256.update(self._data[start : start + self.CHUNK])
+        self._hexdigest = sha256.hexdigest()
+        self._data = None
 
-    def readline(self) -> bytes:
-        line = self._file.readline()
-        self._account(line)
-        return line
+    def cancel(self) -> None:
+        """Stops the thread (after its current chunk) and waits for it."""
+        self._cancelled.set()
+        self._thread.join()
 
-    def hexdigest_of_whole_file(self) -> str:
-        """Hashes whatever follows the pickle's STOP too, and returns the digest of the whole file."""
-        while self.read(1 << 24):
-            pass
-        return self._sha256.hexdigest()
+    def hexdigest(self) -> str:
+        self._thread.join()
+        if self._hexdigest is None:
+            raise RuntimeError("the sha256 was cancelled")
+        return self._hexdigest
+
+
+_OPCODES = {ord(op.code): op for op in pickletools.opcodes}
+_LENGTH_PREFIXES = {  # argument kinds whose first bytes give the length of the rest: (bytes, signed)
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+_LARGE_PAYLOAD = 1 << 16
+
+
+class _Truncated(Exception):
+    """The file ends inside an opcode, or before STOP."""
+
+
+def _scan_opcodes(data: mmap.mmap | bytearray, path: str) -> tuple[bytes, list[_Payload]]:
+    """The pickle's opcodes up to STOP, with each BINBYTES/BINBYTES8 payload of 64 KiB or more replaced by
+    `BININT k BINPERSID` (k-th payload), and without FRAME opcodes (their lengths would no longer hold).
+
+    Only argument lengths are read here; everything else is left to the unpickler. Refuses persistent ids
+    (Haiku checkpoints have none) and unknown opcodes."""
+    opcodes, payloads, view = bytearray(), [], memoryview(data)
+    size, position = len(data), 0
+    while True:
+        if position >= size:
+            raise _Truncated(f"no STOP opcode before the end of the file ({size} bytes)")
+        start, op = position, _OPCODES.get(data[position])
+        if op is None:
+            raise CheckpointFormatError(f"{path} is a corrupt pickle; delete it and fetch it again (unknown opcode "
+                                        f"{bytes([data[position]])!r} at byte {position})")
+        if op.name in ("PERSID", "BINPERSID"):
+            raise CheckpointFormatError(f"{path}: the pickle holds a persistent id (opcode {op.name} at byte "
+                                        f"{position}); Haiku checkpoints have none")
+        position += 1
+        argument = op.arg
+        if argument is None:
+            end = position
+        elif argument.n >= 0:
+            end = position + argument.n
+        elif argument.n == pickletools.UP_TO_NEWLINE:
+            end = position
+            for _ in range(2 if argument.name == "stringnl_noescape_pair" else 1):
+                end = data.find(b"\n", end) + 1
+                if end == 0:
+                    raise _Truncated(f"{op.name} at byte {start} has no end of line")
+        else:
+            width, signed = _LENGTH_PREFIXES[argument.n]
+            if position + width > size:
+                raise _Truncated(f"{op.name} at byte {start} is cut off")
+            length = int.from_bytes(data[position : position + width], "little", signed=signed)
+            if length < 0:
+                raise CheckpointFormatError(f"{path} is a corrupt pickle; delete it and fetch it again "
+                                            f"({op.name} at byte {start} has the length {length})")
+            position += width
+            end = position + length
+            if op.name in ("BINBYTES", "BINBYTES8") and length >= _LARGE_PAYLOAD and end <= size:
+                opcodes += pickle.BININT + struct.pack("<i", len(payloads)) + pickle.BINPERSID
+                payloads.append(_Payload(view[position:end]))
+                position = end
+                continue
+        if end > size:
+            raise _Truncated(f"{op.name} at byte {start} needs {end - size} bytes more than the file has")
+        if op.name != "FRAME":
+            opcodes += data[start:end]
+        position = end
+        if op.name == "STOP":
+            return bytes(opcodes), payloads
 
 
 def _check_pickle_header(head: bytes, path: str) -> None:
@@ -380,14 +493,19 @@ def _check_pickle_header(head: bytes, path: str) -> None:
     )
 
 
-def _unpickle(reader: _HashingReader, path: str) -> Any:
+def _unpickle(data: mmap.mmap | bytearray, path: str) -> Any:
     try:
-        return _AllowListUnpickler(reader, path).load()
+        opcodes, payloads = _scan_opcodes(data, path)
+    except _Truncated as error:
+        raise CheckpointFormatError(f"{path} ends before the pickle does: it is truncated (an interrupted download "
+                                    f"or save) or not a pickle; delete it and fetch it again ({error})") from None
+    try:
+        return _AllowListUnpickler(opcodes, payloads, path).load()
     except (UnsafePickleError, OSError):
         raise
     except MemoryError as error:
         raise MemoryError(
-            f"out of memory while unpickling {path} ({reader.size} bytes): the machine lacks the memory for "
+            f"out of memory while unpickling {path} ({len(data)} bytes): the machine lacks the memory for "
             "it, or the file is corrupt (a damaged memo index makes the unpickler allocate a huge table); "
             "compare its sha256 with the published one"
         ) from error

@@ -1,0 +1,146 @@
+"""How fast `convert-checkpoint` converts the full-size language checkpoint, as ratios to the machine.
+
+    python3 scripts/benchmark_conversion.py [--task language_mlm] [--repeats 3] [--workdir DIR] [--keep]
+
+A random tree with the released shapes (`tests/data/manifests/<task>.json`, 201M parameters, 767 MiB for
+language_mlm) is written in the released pickle format with `save_haiku_pickle`. Then, from the page
+cache:
+
+- the reference: `shutil.copyfile` of the same file (the median of `--repeats` copies);
+- the conversion: `convert-checkpoint SRC -o DST --task TASK` in a child process, start-up included; its peak resident memory is the child's own `ru_maxrss` (from `os.wait4`, so no other child
+  counts). The first run starts with an empty cache (`$PERCEIVER_IO_CACHE` is a fresh folder), so it
+  builds the model on the meta device to learn the state_dict shapes, which imports torch; the next
+  `--repeats` runs read those shapes from the cache, as every later conversion of the same configuration
+  does. The figures are the median of those.
+
+Printed: wall time / copy time (target at most 2x) and peak RSS / file size (target at most 1.25x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from converters.haiku_pickle import save_haiku_pickle  # noqa: E402
+
+MANIFESTS = ROOT / "tests" / "data" / "manifests"
+WALL_TARGET = 2.0
+MEMORY_TARGET = 1.25
+
+
+def random_tree(leaves: list[dict], rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """Random leaves of the manifest's shapes and dtypes (int32 BatchNorm counters, positive variances)."""
+    tree: dict[str, dict[str, np.ndarray]] = {}
+    for leaf in leaves:
+        if leaf["dtype"] == "int32":
+            value = np.full(leaf["shape"], rng.integers(1, 100), dtype=np.int32)
+        elif leaf["module"].endswith("var_ema"):
+            value = rng.uniform(0.5, 2.0, leaf["shape"]).astype(np.float32)
+        else:
+            value = rng.standard_normal(leaf["shape"], dtype=np.float32) * 0.02
+        tree.setdefault(leaf["module"], {})[leaf["name"]] = value
+    return tree
+
+
+def write_source(task: str, folder: Path) -> Path:
+    """The task's full-size random checkpoint in the released format, in `folder` (reused if there)."""
+    manifest = json.loads((MANIFESTS / f"{task}.json").read_text())
+    path = folder / manifest["checkpoint"].rsplit("/", 1)[-1]
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        state = random_tree(manifest["state"], rng) if manifest.get("state") else None
+        save_haiku_pickle(path, random_tree(manifest["params"], rng), state)
+    return path
+
+
+def read_through(path: Path) -> None:
+    """Reads the file once, so that what follows reads it from the page cache."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def time_copy(source: Path, folder: Path) -> float:
+    target = folder / "copy.bin"
+    start = time.perf_counter()
+    shutil.copyfile(source, target)
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return seconds
+
+
+def time_conversion(source: Path, output: Path, task: str, cache: Path) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS in bytes and stdout of one `convert-checkpoint` run in a child process, to a new
+    output file (as the copy: replacing an existing file would add its deletion)."""
+    output.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "converters.cli", str(source), "-o", str(output), "--task", task]
+    environment = {**os.environ, "PERCEIVER_IO_CACHE": str(cache)}
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not the max over all children
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if child.returncode != 0:
+            raise SystemExit(f"convert-checkpoint failed ({child.returncode}):\n{stderr.read()}")
+        return seconds, usage.ru_maxrss * 1024, stdout.read().strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="language_mlm", help="which released shapes (default language_mlm)")
+    parser.add_argument("--repeats", type=int, default=3, help="copies and conversions timed (median; default 3)")
+    parser.add_argument("--workdir", type=Path, help="folder for the source and the output (default: a temporary "
+                        "one); a source already there is reused")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="perceiver_conversion_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        start = time.perf_counter()
+        source = write_source(args.task, folder)
+        size = source.stat().st_size
+        print(f"source: {source} ({size / 2**20:.0f} MiB, written in {time.perf_counter() - start:.1f} s)")
+        read_through(source)
+        copies = [time_copy(source, folder) for _ in range(args.repeats)]
+        output, cache = folder / f"{args.task}.safetensors", folder / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        cold, *runs = [time_conversion(source, output, args.task, cache) for _ in range(args.repeats + 1)]
+        print(runs[-1][2])
+        copy = statistics.median(copies)
+        wall = statistics.median(seconds for seconds, _, _ in runs)
+        peak = max(rss for _, rss, _ in runs)
+        print(f"\n{'':38s} {'measured':>12s} {'ratio':>7s} {'target':>7s}")
+        print(f"{'copy (shutil.copyfile)':38s} {copy:10.2f} s")
+        print(f"{'convert-checkpoint wall':38s} {wall:10.2f} s {wall / copy:6.2f}x {WALL_TARGET:6.2f}x")
+        print(f"{'convert-checkpoint peak RSS':38s} {peak / 2**20:8.0f} MiB {peak / size:6.2f}x {MEMORY_TARGET:6.2f}x"
+              f"   (of the file's {size / 2**20:.0f} MiB)")
+        print(f"{'first run, empty shape cache: wall':38s} {cold[0]:10.2f} s {cold[0] / copy:6.2f}x")
+        print(f"{'first run, empty shape cache: RSS':38s} {cold[1] / 2**20:8.0f} MiB {cold[1] / size:6.2f}x")
+        print(f"runs: wall {', '.join(f'{s:.2f}' for s, _, _ in runs)} s; copies {', '.join(f'{s:.2f}' for s in copies)} s")
+        within = wall / copy <= WALL_TARGET and peak / size <= MEMORY_TARGET
+        print("within both targets" if within else "over a target")
+        return 0 if within else 1
+    finally:
+        if not args.workdir and not args.keep:
+            shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
