@@ -31,7 +31,7 @@ import numpy as np
 from perceiver_io.checkpoint_file import CheckpointFileError
 from perceiver_io.configs import ConfigError
 from perceiver_io import hub
-from perceiver_io.tasks import TASKS, parse_config
+from perceiver_io.configs import TASK_CONFIGS as TASKS, parse_config
 
 from .convert import ConversionReport, convert_checkpoint
 from .errors import ConversionError

@@ -29,7 +29,7 @@ import numpy as np
 
 import perceiver_io
 from perceiver_io.checkpoint_file import LateValue, PlannedTensor, checkpoint_metadata, write_checkpoint
-from perceiver_io.configs import OfficialConfig
+from perceiver_io.configs import OfficialConfig, parse_config
 from perceiver_io.hub import get_cache_dir
 
 from .errors import MappingError
@@ -42,13 +42,6 @@ HaikuTree = dict[str, dict[str, np.ndarray]]
 def _listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> OfficialConfig:
-    """`perceiver_io.tasks.parse_config`, imported when called (`perceiver_io.tasks` imports torch)."""
-    from perceiver_io.tasks import parse_config
-
-    return parse_config(task, config)
 
 
 def expected_torch_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:

@@ -632,3 +632,32 @@ class PerceiverConfig(OfficialConfig):
     decoder: OfficialConfig = field(metadata={"tagged": DECODERS})
     input_preprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": PREPROCESSORS})
     output_postprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": POSTPROCESSORS})
+
+
+TASK_CONFIGS: dict[str, tuple[type[OfficialConfig], OfficialConfig | None]] = {
+    "language_mlm": (LanguageConfig, LANGUAGE_MLM),
+    "imagenet_learned": (ImageNetConfig, IMAGENET_LEARNED),
+    "imagenet_fourier": (ImageNetConfig, IMAGENET_FOURIER),
+    "imagenet_conv": (ImageNetConfig, IMAGENET_CONV),
+    "optical_flow": (FlowConfig, OPTICAL_FLOW),
+    "multimodal_autoencoding": (MultimodalConfig, MULTIMODAL_AUTOENCODING),
+    "perceiver": (PerceiverConfig, None),
+}
+"""Each task's config type and released configuration (None for custom models); torch-free, so that
+conversion needs no torch. `perceiver_io.tasks.TASKS` adds the model classes."""
+
+
+def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> OfficialConfig:
+    """The task's config from a config object, a dict in official keys, or None (the released one)."""
+    if task not in TASK_CONFIGS:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASK_CONFIGS))}")
+    config_type, released = TASK_CONFIGS[task]
+    if config is None:
+        if released is None:
+            raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
+        return released
+    if isinstance(config, config_type):
+        return config
+    if isinstance(config, Mapping):
+        return config_type.from_official(config)
+    raise ConfigError(f"a {task} config must be a {config_type.__name__} or a dict, got {type(config).__name__}")

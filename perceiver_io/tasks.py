@@ -35,6 +35,8 @@ from .configs import (
     PerceiverConfig,
     ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
+    TASK_CONFIGS,
+    parse_config,
 )
 from .decoders import (
     BasicDecoder,
@@ -308,15 +310,16 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "language_mlm": Task("language_mlm", LanguagePerceiver, LanguageConfig, LANGUAGE_MLM),
-    "imagenet_learned": Task("imagenet_learned", ImageClassifier, ImageNetConfig, IMAGENET_LEARNED),
-    "imagenet_fourier": Task("imagenet_fourier", ImageClassifier, ImageNetConfig, IMAGENET_FOURIER),
-    "imagenet_conv": Task("imagenet_conv", ImageClassifier, ImageNetConfig, IMAGENET_CONV),
-    "optical_flow": Task("optical_flow", OpticalFlow, FlowConfig, OPTICAL_FLOW),
-    "multimodal_autoencoding": Task(
-        "multimodal_autoencoding", VideoAutoencoder, MultimodalConfig, MULTIMODAL_AUTOENCODING
-    ),
-    "perceiver": Task("perceiver", CustomPerceiver, PerceiverConfig, None),
+    name: Task(name, model_type, *TASK_CONFIGS[name])
+    for name, model_type in (
+        ("language_mlm", LanguagePerceiver),
+        ("imagenet_learned", ImageClassifier),
+        ("imagenet_fourier", ImageClassifier),
+        ("imagenet_conv", ImageClassifier),
+        ("optical_flow", OpticalFlow),
+        ("multimodal_autoencoding", VideoAutoencoder),
+        ("perceiver", CustomPerceiver),
+    )
 }
 
 
@@ -325,20 +328,6 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
-
-
-def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> OfficialConfig:
-    """The task's config from a config object, a dict in official keys, or None (the released one)."""
-    spec = get_task(task)
-    if config is None:
-        if spec.released_config is None:
-            raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
-        return spec.released_config
-    if isinstance(config, spec.config_type):
-        return config
-    if isinstance(config, Mapping):
-        return spec.config_type.from_official(config)
-    raise ConfigError(f"a {task} config must be a {spec.config_type.__name__} or a dict, got {type(config).__name__}")
 
 
 def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> nn.Module:
