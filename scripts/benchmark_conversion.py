@@ -35,24 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from converters.haiku_pickle import save_haiku_pickle  # noqa: E402
+from converters.synthetic import random_tree  # noqa: E402
 
 MANIFESTS = ROOT / "tests" / "data" / "manifests"
 WALL_TARGET = 2.0
 MEMORY_TARGET = 1.25
-
-
-def random_tree(leaves: list[dict], rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
-    """Random leaves of the manifest's shapes and dtypes (int32 BatchNorm counters, positive variances)."""
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for leaf in leaves:
-        if leaf["dtype"] == "int32":
-            value = np.full(leaf["shape"], rng.integers(1, 100), dtype=np.int32)
-        elif leaf["module"].endswith("var_ema"):
-            value = rng.uniform(0.5, 2.0, leaf["shape"]).astype(np.float32)
-        else:
-            value = rng.standard_normal(leaf["shape"], dtype=np.float32) * 0.02
-        tree.setdefault(leaf["module"], {})[leaf["name"]] = value
-    return tree
 
 
 def write_source(task: str, folder: Path) -> Path:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from converters.haiku_pickle import save_haiku_pickle
+from converters.synthetic import random_tree
 from perceiver_io.serialization import load
 
 from .conftest import manifest
@@ -31,19 +32,6 @@ INPUTS = {
         "subsampled_points": {"image": torch.arange(6272), "audio": torch.arange(15), "label": None},
     },
 }
-
-
-def random_tree(leaves: list[dict], rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for leaf in leaves:
-        if leaf["dtype"] == "int32":
-            value = np.array(rng.integers(1, 100), dtype=np.int32).reshape(leaf["shape"])
-        elif leaf["module"].endswith("var_ema"):
-            value = rng.uniform(0.5, 2.0, leaf["shape"]).astype(np.float32)
-        else:
-            value = rng.standard_normal(leaf["shape"], dtype=np.float32) * 0.02
-        tree.setdefault(leaf["module"], {})[leaf["name"]] = value
-    return tree
 
 
 @pytest.mark.slow
