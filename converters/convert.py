@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import perceiver_io
+from perceiver_io.atomic import atomic_output
 from perceiver_io.checkpoint_file import LateValue, PlannedTensor, checkpoint_metadata, write_checkpoint
 from perceiver_io.configs import OfficialConfig, parse_config
 from perceiver_io.hub import get_cache_dir
@@ -65,15 +65,10 @@ def _write_atomically(path: Path, text: str) -> None:
     """Writes a cache file; if the cache cannot be written, the next conversion just imports torch again."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as out:
+        with atomic_output(path, overwrite=True, text=True) as out:
             out.write(text)
-        os.replace(temporary, path)
     except OSError:
-        Path(temporary).unlink(missing_ok=True)
+        pass
 
 
 def shape_cache_path(task: str, config: OfficialConfig) -> Path:

@@ -47,15 +47,14 @@ import mmap
 import os
 import pickle
 import pickletools
-import secrets
 import struct
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
+
+from perceiver_io.atomic import atomic_output
 
 from .errors import CheckpointFormatError, UnsafePickleError
 
@@ -305,7 +304,7 @@ def save_haiku_pickle(
     what = "the tree passed to save_haiku_pickle"
     params_tree = _validated_tree(params, what, "params")
     state_tree = None if state is None else _validated_tree(state, what, "state", allow_empty=True)
-    with _atomic_output(path, overwrite) as out:
+    with atomic_output(path, overwrite) as out:
         _ReleasedPickleWriter(out).write(params_tree, state_tree)
 
 
@@ -325,7 +324,7 @@ def save_haiku_npz(
                     raise CheckpointFormatError(f"{what}: leaf name {name!r} in {part} module {module!r} "
                                                 "contains '/', which the npz keys use as separator")
                 arrays[f"{part}/{module}/{name}"] = array
-    with _atomic_output(path, overwrite) as out:
+    with atomic_output(path, overwrite) as out:
         np.savez(out, **arrays)
 
 
@@ -603,25 +602,6 @@ def _validated_leaf(leaf: Any, where: str) -> np.ndarray:
 
 def _described(value: Any) -> str:
     return "an array" if hasattr(value, "__array__") else f"a {type(value).__name__}"
-
-
-@contextmanager
-def _atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[BinaryIO]:
-    """A file to write, which appears at `path` only once complete; on failure nothing is left behind."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as open() gives it
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 class _ReleasedPickleWriter:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
+
+from .atomic import atomic_output
 
 FORMAT_NAME = "perceiver_io"
 FORMAT_VERSION = "1"
@@ -97,8 +98,6 @@ def write_checkpoint(
     behind, neither the output nor the temporary one.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--force) to replace it")
     tensors = list(tensors)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -107,21 +106,13 @@ def write_checkpoint(
     placeholders = {k: " " * v.length if isinstance(v, LateValue) else v for k, v in metadata.items()}
     header = _header(tensors, placeholders)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(struct.pack("<Q", len(header)))
-            out.write(header)
-            _write_tensors(out, tensors)
-            if any(isinstance(value, LateValue) for value in metadata.values()):
-                out.seek(8)
-                out.write(_header(tensors, _resolved(metadata)))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite) as out:
+        out.write(struct.pack("<Q", len(header)))
+        out.write(header)
+        _write_tensors(out, tensors)
+        if any(isinstance(value, LateValue) for value in metadata.values()):
+            out.seek(8)
+            out.write(_header(tensors, _resolved(metadata)))
     return path
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_output
 from .tasks import OpticalFlow
 
 
@@ -118,8 +118,6 @@ def flow_between_files(
     from PIL import Image
 
     flow = tiled_flow(model, read_frame(first), read_frame(second), **tiling)
-    picture = Path(picture)
-    temporary = picture.with_name(f".{picture.name}.partial{picture.suffix}")
-    Image.fromarray(flow_to_rgb(flow)).save(temporary)
-    os.replace(temporary, picture)
+    with atomic_output(picture, overwrite=True) as out:
+        Image.fromarray(flow_to_rgb(flow)).save(out, format="PNG")
     return flow

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 
+from .atomic import atomic_output
 from .configs import ConfigError
 
 RELEASE_BASE_URL = "https://storage.googleapis.com/perceiver_io/"
@@ -443,14 +444,8 @@ def _record_checksum(folder: Path, file_name: str, sha256: str) -> None:
     with _locked(folder / ".locks" / f"{CHECKSUMS_FILE}.lock"):
         checksums = _recorded_checksums(folder)
         checksums[file_name] = sha256
-        fd, temporary = tempfile.mkstemp(prefix=f".{CHECKSUMS_FILE}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(checksums, out, indent=1, sort_keys=True)
-            os.replace(temporary, folder / CHECKSUMS_FILE)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_output(folder / CHECKSUMS_FILE, overwrite=True, text=True) as out:
+            json.dump(checksums, out, indent=1, sort_keys=True)
 
 
 def _sha256(path: Path) -> str:

@@ -13,9 +13,7 @@ from torch import nn
 from .configs import (
     AudioPreprocessorConfig,
     ConfigError,
-    FourierPositionEncodingConfig,
     ImagePreprocessorConfig,
-    TrainablePositionEncodingConfig,
 )
 from .conv import Conv2DDownsample, pad_same
 from .position_encoding import TrainablePositionEncoding, build_position_encoding

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from .configs import (
-    IMAGENET_CONV,
     IMAGENET_FOURIER,
-    IMAGENET_LEARNED,
     LANGUAGE_MLM,
     MULTIMODAL_AUTOENCODING,
     OPTICAL_FLOW,
