@@ -26,6 +26,12 @@ class Golden:
         self.outputs = dict(np.load(self.folder / "outputs.npz"))
         self.intermediates = dict(np.load(self.folder / "intermediates.npz"))
 
+    def convert(self, folder: Path):
+        """Converts the golden checkpoint into `folder`: the `ConversionReport` (its `output` is the file)."""
+        from converters.convert import convert_checkpoint
+
+        return convert_checkpoint(self.checkpoint, folder / f"{self.task}.safetensors", self.task, self.config)
+
 
 @pytest.fixture(scope="session")
 def golden_language() -> Golden:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert_checkpoint
 from perceiver_io.flow import flow_between_files, flow_to_rgb, tile_origins, tiled_flow
 from perceiver_io.preprocessors import patches_for_flow
 from perceiver_io.serialization import load
@@ -21,9 +20,7 @@ def golden_flow():
 
 @pytest.fixture(scope="module")
 def model(golden_flow, tmp_path_factory):
-    path = tmp_path_factory.mktemp("flow") / "flow.safetensors"
-    convert_checkpoint(golden_flow.checkpoint, path, "optical_flow", golden_flow.config)
-    return load(path)
+    return load(golden_flow.convert(tmp_path_factory.mktemp("flow")).output)
 
 
 def test_patches_for_flow_is_the_official_layout(golden_flow):

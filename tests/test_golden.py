@@ -23,9 +23,8 @@ STAGES = ["encoder_inputs", "inputs_without_pos", "z", "decoder_outputs"]
 @pytest.fixture(scope="module", params=TASKS)
 def converted(request, tmp_path_factory):
     golden = Golden(request.param)
-    output = tmp_path_factory.mktemp(golden.task) / f"{golden.task}.safetensors"
-    report = convert_checkpoint(golden.checkpoint, output, golden.task, golden.config)
-    return golden, report, load(output)
+    report = golden.convert(tmp_path_factory.mktemp(golden.task))
+    return golden, report, load(report.output)
 
 
 def test_conversion_accounts_for_every_leaf(converted):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert_checkpoint
 from perceiver_io.pipelines import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, classify_image, imagenet_classes, imagenet_input
 from perceiver_io.serialization import load
 
@@ -33,10 +32,7 @@ def test_crop_and_normalisation_follow_the_official_evaluation():
 
 
 def test_classify_an_image_file(tmp_path):
-    golden = Golden("imagenet_fourier")
-    converted = tmp_path / "classifier.safetensors"
-    convert_checkpoint(golden.checkpoint, converted, golden.task, golden.config)
-    model = load(converted)
+    model = load(Golden("imagenet_fourier").convert(tmp_path).output)
     path = tmp_path / "picture.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3)).astype(np.uint8)).save(path)
 
@@ -51,8 +47,7 @@ def test_classify_an_image_file(tmp_path):
 @pytest.mark.parametrize("task", ["imagenet_fourier", "imagenet_conv", "imagenet_learned"])
 def test_half_precision_models_run(task, tmp_path):
     golden = Golden(task)
-    converted = tmp_path / "classifier.safetensors"
-    convert_checkpoint(golden.checkpoint, converted, golden.task, golden.config)
+    converted = golden.convert(tmp_path).output
     full = load(converted)
     half = load(converted, dtype=torch.bfloat16)
     images = torch.from_numpy(golden.inputs["images"])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert_checkpoint
 from perceiver_io.serialization import load
 
 from .conftest import Golden
@@ -26,10 +25,9 @@ def golden():
 
 @pytest.fixture(scope="module")
 def model(golden, tmp_path_factory):
-    path = tmp_path_factory.mktemp("video") / "video.safetensors"
-    report = convert_checkpoint(golden.checkpoint, path, golden.task, golden.config)
+    report = golden.convert(tmp_path_factory.mktemp("video"))
     assert report.num_parameters == 82_587
-    return load(path)
+    return load(report.output)
 
 
 def _inputs(golden):
