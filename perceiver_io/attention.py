@@ -31,26 +31,50 @@ def attend(
     Returns [B,Tq,H*Dv], heads concatenated in order.
     """
     batch, num_queries, num_heads, qk_head_channels = q.shape
-    sdpa_mask = None
+    keep = None
     valid_rows = None
     if attention_mask is not None:
         mask = attention_mask.bool()
         valid_rows = mask.any(dim=-1)  # [B,Tq]
-        # A row with no valid key is zeroed below; letting it attend everywhere keeps the kernel and its
+        # A row with no valid key is zeroed below; letting it attend everywhere keeps the kernels and their
         # gradients free of NaN, as the official -1e30 fill does (uniform weights, then zeroed).
-        sdpa_mask = (mask | ~valid_rows[:, :, None])[:, None]
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        attn_mask=sdpa_mask,
-        dropout_p=dropout_prob,
-        scale=qk_head_channels**-0.5,
-    )  # [B,H,Tq,Dv]
-    out = out.transpose(1, 2).reshape(batch, num_queries, -1)
+        keep = (mask | ~valid_rows[:, :, None])[:, None]  # [B,1,Tq,Tk]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H,T,D]
+    scale = qk_head_channels**-0.5
+    if q.device.type == "cpu" and qk_head_channels != v.shape[-1]:
+        out = _attend_with_matmuls(q, k, v, keep, dropout_prob, scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_prob, scale=scale)
+    out = out.transpose(1, 2).reshape(batch, num_queries, -1)  # [B,Tq,H*Dv]
     if valid_rows is not None:
         out = out * valid_rows[:, :, None].to(out.dtype)
     return out
+
+
+def _attend_with_matmuls(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, dropout_prob: float, scale: float
+) -> torch.Tensor:
+    """The official einsum, fill, softmax, einsum as batched matmuls: q,k [B,H,T,Dqk], v [B,H,Tk,Dv],
+    keep [B,1,Tq,Tk] or None -> [B,H,Tq,Dv].
+
+    For CPU attention whose q/k heads are narrower than its v heads (the language model: 32 and 160):
+    SDPA's CPU flash kernel needs equal widths, and its fallback is several times slower than this.
+    """
+    batch, num_heads, num_queries, _ = q.shape
+    num_keys = k.shape[2]
+    flat = lambda x: x.reshape(batch * num_heads, *x.shape[2:])  # noqa: E731
+    logits = torch.baddbmm(
+        q.new_empty(()).expand(batch * num_heads, num_queries, num_keys),
+        flat(q),
+        flat(k).transpose(1, 2),
+        beta=0,
+        alpha=scale,
+    )  # scale * (q . k), as the official einsum then `*= scale`
+    if keep is not None:
+        large = 1e4 if logits.dtype == torch.float16 else 1e30
+        logits.view(batch, num_heads, num_queries, num_keys).masked_fill_(~keep, -large)
+    weights = F.dropout(logits.softmax(dim=-1), dropout_prob) if dropout_prob else logits.softmax(dim=-1)
+    return torch.bmm(weights, flat(v)).view(batch, num_heads, num_queries, -1)
 
 
 class Attention(nn.Module):
