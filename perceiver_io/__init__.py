@@ -12,6 +12,7 @@ _EXPORTS = {
     "load": "perceiver_io.serialization",
     "save": "perceiver_io.serialization",
     "build_model": "perceiver_io.tasks",
+    "compile_for_inference": "perceiver_io.compiled",
     "TASKS": "perceiver_io.tasks",
     "LanguagePerceiver": "perceiver_io.tasks",
     "ImageClassifier": "perceiver_io.tasks",

@@ -91,8 +91,8 @@ class TrainablePositionEncoding(nn.Module):
 class FourierPositionEncoding(nn.Module):
     """Fourier features of linear positions over `index_dims` (official `FourierPositionEncoding`).
 
-    No parameters. `max_resolution` defaults to the grid's own size. The features of a grid are cached
-    per (index_dims, device, dtype).
+    No parameters. `max_resolution` defaults to the grid's own size. In eager mode the features of a grid
+    are cached per (index_dims, device, dtype); under `torch.compile` they are part of the graph.
     """
 
     def __init__(
@@ -128,15 +128,21 @@ class FourierPositionEncoding(nn.Module):
             raise ValueError(f"a {self.num_dims}-d Fourier encoding cannot cover an index grid {tuple(index_dims)}")
         if pos is not None:
             return self._features(pos.to(torch.float32), index_dims).to(dtype)
+        if torch.compiler.is_compiling():
+            # In the graph, not the cache: a cache filled by the first compiled call would fail that graph's
+            # guards on the second and compile it again. Inductor's freezing folds these to a constant.
+            return self._grid_features(index_dims, device, dtype).expand(batch_size, -1, -1)
         key = (tuple(index_dims), torch.device(device or "cpu"), dtype)
         features = self._cache.get(key)
         if features is None:
-            grid = build_linear_positions(index_dims, device).reshape(-1, self.num_dims)
-            features = self._features(grid, index_dims).to(dtype)
-            self._cache[key] = features
+            features = self._cache[key] = self._grid_features(index_dims, device, dtype)
             while len(self._cache) > 8:
                 self._cache.popitem(last=False)
         return features.expand(batch_size, -1, -1)
+
+    def _grid_features(self, index_dims: Sequence[int], device, dtype: torch.dtype) -> torch.Tensor:
+        grid = build_linear_positions(index_dims, device).reshape(-1, self.num_dims)
+        return self._features(grid, index_dims).to(dtype)
 
 
 class PositionEncodingProjector(nn.Module):

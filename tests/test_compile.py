@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from perceiver_io.compiled import compile_for_inference
 from perceiver_io.serialization import load
 
 from .conftest import Golden
@@ -29,20 +30,25 @@ def _call(golden: Golden) -> tuple[tuple, dict]:
     return tuple(torch.from_numpy(value) for value in golden.inputs.values()), {}
 
 
+@pytest.mark.parametrize("compiler", ["torch.compile", "compile_for_inference"])
 @pytest.mark.parametrize("task", TASKS)
-def test_compiled_model_matches_eager(task):
+def test_compiled_model_matches_eager_and_compiles_once(task, compiler):
     golden = Golden(task)
     model = load(golden.checkpoint, task=task, config=golden.config)
     args, kwargs = _call(golden)
     torch._dynamo.reset()
+    compiled_model = torch.compile(model) if compiler == "torch.compile" else compile_for_inference(model)
     with torch.inference_mode():
         eager = model(*args, **kwargs)
-        compiled = torch.compile(model)(*args, **kwargs)
-    eager, compiled = (out if isinstance(out, dict) else {"out": out} for out in (eager, compiled))
+        compiled = compiled_model(*args, **kwargs)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # the second call reuses the first graph
+            again = compiled_model(*args, **kwargs)
+    eager, compiled, again = (out if isinstance(out, dict) else {"out": out} for out in (eager, compiled, again))
     assert compiled.keys() == eager.keys()
     for name, expected in eager.items():
         assert compiled[name].shape == expected.shape, f"{task} {name}: {compiled[name].shape} != {expected.shape}"
+        assert torch.equal(again[name], compiled[name])
         error = (compiled[name] - expected).abs().max().item()
         scale = expected.abs().max().item()
-        print(f"{task} {name}: compiled vs eager max abs error {error:.2e} (scale {scale:.2f})")
+        print(f"{task} {compiler} {name}: compiled vs eager max abs error {error:.2e} (scale {scale:.2f})")
         assert error <= TOLERANCE * scale, f"{task} {name}: max abs error {error:.2e} > {TOLERANCE:g} x {scale:.2f}"
