@@ -2,13 +2,15 @@
 
     python3 scripts/benchmark.py [--tasks TASK ...] [--warmup 2] [--repeats 5] [--quick]
                                  [--device cpu|cuda] [--dtype float32|bfloat16]
-                                 [--skip-transformers] [--skip-jax] [--json RESULTS.json]
+                                 [--skip-compiled] [--skip-transformers] [--skip-jax] [--json RESULTS.json]
 
 Each task runs at its released size, batch 1, with the official input shapes (the video model: the
 encoder and one chunk of 6288 queries, 6272 image points + 15 audio patches + 1 label, the colab's first
 of 128 chunks), in three implementations with random weights:
 
 - `ours`: this port, `perceiver_io.build_model(task)`, eval mode, under `torch.inference_mode`;
+- `compiled`: the same model through `perceiver_io.compile_for_inference` (`torch.compile` with inductor's
+  freezing), its first call (the warm-up) compiling it;
 - `transformers`: Hugging Face's Perceiver models (PerceiverForMaskedLM, ...ImageClassificationLearned /
   Fourier / ConvProcessing, ...OpticalFlow, ...MultimodalAutoencoding), configured as the released
   models (the same parameter counts as the official manifests), eval mode, `torch.inference_mode`;
@@ -40,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv", "optical_flow",
          "multimodal_autoencoding")
-IMPLEMENTATIONS = ("ours", "transformers", "jax")
+IMPLEMENTATIONS = ("ours", "compiled", "transformers", "jax")
+OURS = ("ours", "compiled")  # the ratios are these over the others
 IMAGE_CHUNK, AUDIO_CHUNK = 16 * 224 * 224 // 128, 30720 // 16 // 128  # the colab's first chunk: 6272, 15
 
 
@@ -85,6 +88,8 @@ def _ours(args) -> dict:
 
     baseline = _rss()
     model = perceiver_io.build_model(args.task).eval().to(device, dtype)
+    if args.child == "compiled":
+        model = perceiver_io.compile_for_inference(model)
     generator = torch.Generator().manual_seed(0)
     floats = lambda *shape: torch.rand(*shape, generator=generator).to(device, dtype)  # noqa: E731
     if args.task == "language_mlm":
@@ -207,7 +212,7 @@ def _jax(args) -> dict:
             "threads": os.cpu_count()}
 
 
-CHILDREN = {"ours": _ours, "transformers": _transformers, "jax": _jax}
+CHILDREN = {"ours": _ours, "compiled": _ours, "transformers": _transformers, "jax": _jax}
 
 
 def _child(args) -> int:
@@ -255,33 +260,34 @@ def _ratio(ours, theirs) -> str:
 
 
 def _table(results: dict, implementations: list[str], device: str) -> str:
-    others = [name for name in implementations if name != "ours"]
+    pairs = [(ours, other) for ours in OURS if ours in implementations for other in implementations
+             if other not in OURS]
     memory = "peak device memory, MiB" if device == "cuda" else "peak RSS, MiB"
     key = "peak_device" if device == "cuda" else "peak_rss"
     lines = []
-    header = ["task"] + [f"{name} ms" for name in implementations] + [f"ours/{name}" for name in others]
+    header = ["task"] + [f"{name} ms" for name in implementations] + [f"{a}/{b}" for a, b in pairs]
     rows = []
     for task, cells in results.items():
         latency = {name: cells[name].get("median") for name in implementations}
         rows.append([task] + [("error" if "error" in cells[name] else f"{latency[name] * 1e3:,.0f}")
                               for name in implementations]
-                    + [_ratio(latency["ours"], latency[name]) for name in others])
+                    + [_ratio(latency[a], latency[b]) for a, b in pairs])
     lines += _format("median forward latency", header, rows)
     if device != "cuda":
         rows = []
         for task, cells in results.items():
             cpu = {name: cells[name].get("median_cpu") for name in implementations}
             rows.append([task] + [("error" if "error" in cells[name] else f"{cpu[name]:,.1f}") for name in implementations]
-                        + [_ratio(cpu["ours"], cpu[name]) for name in others])
-        header_cpu = ["task"] + [f"{name} s" for name in implementations] + [f"ours/{name}" for name in others]
+                        + [_ratio(cpu[a], cpu[b]) for a, b in pairs])
+        header_cpu = ["task"] + [f"{name} s" for name in implementations] + [f"{a}/{b}" for a, b in pairs]
         lines += _format("median CPU time per forward, all threads (threads waiting on each other count too)", header_cpu,
                          rows)
-    header = ["task"] + [f"{name}" for name in implementations] + [f"ours/{name}" for name in others]
+    header = ["task"] + [f"{name}" for name in implementations] + [f"{a}/{b}" for a, b in pairs]
     rows = []
     for task, cells in results.items():
         peak = {name: cells[name].get(key) for name in implementations}
         rows.append([task] + [_mib(peak[name]) for name in implementations]
-                    + [_ratio(peak["ours"], peak[name]) for name in others])
+                    + [_ratio(peak[a], peak[b]) for a, b in pairs])
     lines += _format(memory + " (whole process: framework, weights, activations)", header, rows)
     if device != "cuda":
         rows = []
@@ -289,12 +295,12 @@ def _table(results: dict, implementations: list[str], device: str) -> str:
             grown = {name: (cells[name]["peak_rss"] - cells[name]["baseline_rss"]) if "error" not in cells[name]
                      else None for name in implementations}
             rows.append([task] + [_mib(grown[name]) for name in implementations]
-                        + [_ratio(grown["ours"], grown[name]) for name in others])
+                        + [_ratio(grown[a], grown[b]) for a, b in pairs])
         lines += _format("peak RSS over the RSS after imports, MiB (weights, activations)", header, rows)
     header = ["task"] + [f"{name} s" for name in implementations]
     rows = [[task] + [("-" if "error" in cells[name] else f"{cells[name]['first']:.1f}") for name in implementations]
             for task, cells in results.items()]
-    lines += _format("first call (JAX: tracing and XLA compilation included)", header, rows)
+    lines += _format("first call (compiled and JAX: compilation included)", header, rows)
     errors = [f"{task} / {name}: {cells[name]['error']}" for task, cells in results.items() for name in implementations
               if "error" in cells[name]]
     return "\n".join(lines + errors)
@@ -348,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                         "OMP_NUM_THREADS too); default: all cores. 1 gives figures that other load on the machine "
                         "barely disturbs: threads that wait on each other at every operation suffer most when a "
                         "core is taken (Linux only)")
+    parser.add_argument("--skip-compiled", action="store_true", help="leave out the compiled port (it takes the "
+                        "longest: about a minute of compilation per task on 2 cores)")
     parser.add_argument("--skip-transformers", action="store_true", help="leave out Hugging Face transformers")
     parser.add_argument("--skip-jax", action="store_true", help="leave out the Haiku reference")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
@@ -361,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return _child(args)
 
-    implementations = [name for name in IMPLEMENTATIONS
-                       if not (name == "transformers" and args.skip_transformers or name == "jax" and args.skip_jax)]
+    skipped = {"compiled": args.skip_compiled, "transformers": args.skip_transformers, "jax": args.skip_jax}
+    implementations = [name for name in IMPLEMENTATIONS if not skipped.get(name)]
     machine = _machine(args.device)
     print(f"{machine}\n{args.dtype}, batch 1, median of {args.repeats} after {args.warmup} warm-up, "
           f"{args.threads or 'default'} threads, one child process per cell; load average {_load()}", flush=True)
