@@ -6,7 +6,7 @@
 
 Each task runs at its released size, batch 1, with the official input shapes (the video model: the
 encoder and one chunk of 6288 queries, 6272 image points + 15 audio patches + 1 label, the colab's first
-of 128 chunks), in three implementations with random weights:
+of 128 chunks), in four implementations with random weights:
 
 - `ours`: this port, `perceiver_io.build_model(task)`, eval mode, under `torch.inference_mode`;
 - `compiled`: the same model through `perceiver_io.compile_for_inference` (`torch.compile` with inductor's
@@ -19,9 +19,12 @@ of 128 chunks), in three implementations with random weights:
   the recorded intermediates, as the reference always does.
 
 Every (implementation, task) runs in a child process of its own, so that peak memory is that child's
-high-water mark (`ru_maxrss`; on CUDA, the framework's peak device memory) and nothing is shared. Latency is
-the median of `--repeats` timed forward passes after `--warmup` untimed ones (the first of which includes
-jit compilation for JAX, reported apart). The input preparation the models expect is outside the timing:
+high-water mark (`ru_maxrss`; on CUDA, the framework's peak device memory) and nothing is shared. Each
+child makes `--warmup` untimed forward passes first (the first of which includes compilation for the
+compiled port and JAX, reported apart), one child after the other. Then the timed passes go in rounds:
+one pass of each implementation in turn, `--repeats` rounds, the children idle between their turns. So
+a machine whose speed drifts over minutes (a shared VM) slows every implementation alike. Latency is the
+median over the rounds. The input preparation the models expect is outside the timing:
 transformers' flow model takes the 3x3 patches already extracted (ours and JAX extract them in the call),
 its image models take channels-first pixels.
 """
@@ -44,6 +47,7 @@ TASKS = ("language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv"
          "multimodal_autoencoding")
 IMPLEMENTATIONS = ("ours", "compiled", "transformers", "jax")
 OURS = ("ours", "compiled")  # the ratios are these over the others
+SETTLE_SECONDS = 1.0  # before each timed pass: the previous child's OpenMP/Eigen workers spin ~0.2 s after a pass
 IMAGE_CHUNK, AUDIO_CHUNK = 16 * 224 * 224 // 128, 30720 // 16 // 128  # the colab's first chunk: 6272, 15
 
 
@@ -56,16 +60,28 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed(run, warmup: int, repeats: int, synchronize) -> dict:
-    """Seconds of the first call, and wall and CPU seconds (all threads) of `repeats` calls after `warmup`."""
+def _serve(run, warmup: int, synchronize) -> dict:
+    """The child's side of the rounds: `warmup` untimed calls (the first one's seconds kept), then one timed
+    call per "RUN" line on stdin, each answered with "TIME wall cpu" (CPU seconds of all threads), until
+    stdin ends."""
+    first = None
+    for _ in range(warmup):
+        start = time.perf_counter()
+        run()
+        synchronize()
+        first = first if first is not None else time.perf_counter() - start
+    print("READY", flush=True)
     wall, cpu = [], []
-    for index in range(warmup + repeats):
+    for line in sys.stdin:
+        if line.strip() != "RUN":
+            break
         start, start_cpu = time.perf_counter(), time.process_time()
         run()
         synchronize()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return {"first": wall[0], "times": wall[warmup:], "cpu_times": cpu[warmup:]}
+        print(f"TIME {wall[-1]} {cpu[-1]}", flush=True)
+    return {"first": first, "times": wall, "cpu_times": cpu}
 
 
 # --- the three implementations, each run in a child process -------------------------------------------
@@ -104,8 +120,35 @@ def _ours(args) -> dict:
                   "subsampled_points": {"image": torch.arange(IMAGE_CHUNK).to(device),
                                         "audio": torch.arange(AUDIO_CHUNK).to(device), "label": None}}
     with torch.inference_mode():
-        timing = _timed(lambda: model(**inputs), args.warmup, args.repeats, synchronize)
-    return _torch_result(torch, device, baseline, timing)
+        timing = _serve(lambda: model(**inputs), args.warmup, synchronize)
+    result = _torch_result(torch, device, baseline, timing)
+    if args.child == "ours":
+        model.requires_grad_(False)  # FlopCounterMode's module hooks trip over parameters that want gradients
+        result.update(_matmul_floor(torch, lambda: model(**inputs), device, dtype, synchronize))
+    return result
+
+
+def _matmul_floor(torch, run, device, dtype, synchronize) -> dict:
+    """The forward pass's matrix-product FLOPs (linear layers, convolutions, attention; counted by
+    `FlopCounterMode`) and this device's matrix-product rate: the best of 10 products of 2048x2048
+    matrices. FLOPs / rate is the time no implementation of the same arithmetic can beat here."""
+    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+    cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    try:  # the CPU attention kernel is not in torch's table
+        register_flop_formula(cpu_flash)(lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+    except RuntimeError:  # registered already
+        pass
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    a, b = (torch.randn(2048, 2048, device=device).to(dtype) for _ in range(2))
+    seconds = []
+    for index in range(12):
+        start = time.perf_counter()
+        a @ b
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    return {"flops": counter.get_total_flops(), "matmul_rate": 2 * 2048**3 / min(seconds[2:])}
 
 
 def _transformers_model(task: str):
@@ -154,7 +197,7 @@ def _transformers(args) -> dict:
                   "subsampled_output_points": {"image": torch.arange(IMAGE_CHUNK).to(device),
                                                "audio": torch.arange(AUDIO_CHUNK).to(device), "label": None}}
     with torch.inference_mode():
-        timing = _timed(lambda: model(**inputs), args.warmup, args.repeats, synchronize)
+        timing = _serve(lambda: model(**inputs), args.warmup, synchronize)
     return _torch_result(torch, device, baseline, timing)
 
 
@@ -204,8 +247,7 @@ def _jax(args) -> dict:
                   "subsampling": {"image": jnp.arange(IMAGE_CHUNK), "audio": jnp.arange(AUDIO_CHUNK), "label": None}}
     apply = jax.jit(build(args.task, manifest["config"]).apply)
     key = jax.random.PRNGKey(0)
-    timing = _timed(lambda: jax.block_until_ready(apply(params, state, key, **inputs)), args.warmup, args.repeats,
-                    lambda: None)
+    timing = _serve(lambda: jax.block_until_ready(apply(params, state, key, **inputs)), args.warmup, lambda: None)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     return {**timing, "baseline_rss": baseline, "peak_device": stats.get("peak_bytes_in_use") if stats else None,
@@ -225,30 +267,71 @@ def _child(args) -> int:
     return 0
 
 
-# --- the parent: one child per cell, then the table ----------------------------------------------------
+# --- the parent: one child per cell, timed in rounds, then the table ----------------------------------
 
 
-def _run_child(implementation: str, task: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", implementation, "--task", task, "--warmup", str(args.warmup),
-               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
-               "--threads", str(args.threads or 0)]
-    environment = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
-    with tempfile.TemporaryFile("w+") as output:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
-        child.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - start
-        output.seek(0)
-        text = output.read()
-    lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
-    if child.returncode != 0 or not lines:
-        tail = "\n".join(text.strip().splitlines()[-5:])
-        return {"error": f"exit status {child.returncode}: {tail}", "wall": wall}
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    result.update(median=statistics.median(result["times"]), median_cpu=statistics.median(result["cpu_times"]),
-                  wall=wall, peak_rss=usage.ru_maxrss * 1024)
-    return result
+class _Child:
+    """One implementation of one task in a process of its own, warmed up at start, then timed one pass at a
+    time through its stdin (see `_serve`)."""
+
+    def __init__(self, implementation: str, task: str, args):
+        command = [sys.executable, __file__, "--child", implementation, "--task", task, "--warmup", str(args.warmup),
+                   "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads or 0)]
+        environment = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+        self.error: str | None = None
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.start = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self._read("READY")
+
+    def _read(self, word: str) -> str | None:
+        """The rest of the child's next stdout line that starts with `word`; None once it has failed."""
+        if self.error is None:
+            for line in self.process.stdout:
+                if line.startswith(word):
+                    return line[len(word):].strip()
+            self.error = "exited early"
+        return None
+
+    def run_once(self) -> None:
+        if self.error is None:
+            time.sleep(SETTLE_SECONDS)
+            try:
+                self.process.stdin.write("RUN\n")
+                self.process.stdin.flush()
+            except BrokenPipeError:
+                self.error = "exited early"
+            self._read("TIME")
+
+    def finish(self) -> dict:
+        """Ends the child; its timings, first call, peak memory (its own rusage), or its error."""
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        text = self._read("RESULT")
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - self.start
+        self.stderr.seek(0)
+        if text is None or self.process.returncode != 0:
+            tail = "\n".join(self.stderr.read().strip().splitlines()[-5:])
+            return {"error": f"exit status {self.process.returncode}: {tail}", "wall": wall}
+        result = json.loads(text)
+        result.update(median=statistics.median(result["times"]), median_cpu=statistics.median(result["cpu_times"]),
+                      wall=wall, peak_rss=usage.ru_maxrss * 1024)
+        return result
+
+
+def _run_task(task: str, implementations: list[str], args) -> dict[str, dict]:
+    """Every implementation of `task`: warmed up one after the other, then `args.repeats` rounds of one timed
+    pass each, so that a machine whose speed drifts (a shared VM) slows them all alike."""
+    children = {name: _Child(name, task, args) for name in implementations}
+    for _ in range(args.repeats):
+        for child in children.values():
+            child.run_once()
+    return {name: child.finish() for name, child in children.items()}
 
 
 def _mib(value) -> str:
@@ -297,6 +380,8 @@ def _table(results: dict, implementations: list[str], device: str) -> str:
             rows.append([task] + [_mib(grown[name]) for name in implementations]
                         + [_ratio(grown[a], grown[b]) for a, b in pairs])
         lines += _format("peak RSS over the RSS after imports, MiB (weights, activations)", header, rows)
+    if "ours" in implementations:
+        lines += _floor_table(results, implementations)
     header = ["task"] + [f"{name} s" for name in implementations]
     rows = [[task] + [("-" if "error" in cells[name] else f"{cells[name]['first']:.1f}") for name in implementations]
             for task, cells in results.items()]
@@ -304,6 +389,20 @@ def _table(results: dict, implementations: list[str], device: str) -> str:
     errors = [f"{task} / {name}: {cells[name]['error']}" for task, cells in results.items() for name in implementations
               if "error" in cells[name]]
     return "\n".join(lines + errors)
+
+
+def _floor_table(results: dict, implementations: list[str]) -> list[str]:
+    """Each implementation's latency over the matrix-product floor: ours' FLOPs at the device's GEMM rate."""
+    header = ["task", "GFLOP", "GEMM GFLOP/s", "floor ms"] + [f"{name}/floor" for name in implementations]
+    rows = []
+    for task, cells in results.items():
+        if "flops" not in cells["ours"]:
+            continue
+        floor = cells["ours"]["flops"] / cells["ours"]["matmul_rate"]
+        rows.append([task, f"{cells['ours']['flops'] / 1e9:,.0f}", f"{cells['ours']['matmul_rate'] / 1e9:,.0f}",
+                     f"{floor * 1e3:,.0f}"] + [_ratio(cells[name].get("median"), floor) for name in implementations])
+    return _format("matrix-product floor (the forward's matmul FLOPs at the device's best 2048x2048 GEMM rate; "
+                   "no implementation of the same arithmetic goes below 1.00)", header, rows)
 
 
 def _format(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
@@ -373,12 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     implementations = [name for name in IMPLEMENTATIONS if not skipped.get(name)]
     machine = _machine(args.device)
     print(f"{machine}\n{args.dtype}, batch 1, median of {args.repeats} after {args.warmup} warm-up, "
-          f"{args.threads or 'default'} threads, one child process per cell; load average {_load()}", flush=True)
+          f"{args.threads or 'default'} threads, one child process per cell, timed in rounds; load average {_load()}", flush=True)
     results: dict[str, dict] = {}
     for task in args.tasks:
-        results[task] = {}
-        for name in implementations:
-            cell = results[task][name] = _run_child(name, task, args)
+        results[task] = _run_task(task, implementations, args)
+        for name, cell in results[task].items():
             shown = cell["error"].splitlines()[-1] if "error" in cell else (
                 f"{cell['median'] * 1e3:,.0f} ms, peak RSS {_mib(cell['peak_rss'])} MiB")
             print(f"  {task:24s} {name:13s} {shown} ({cell['wall']:.0f} s; load average {_load()})", flush=True)
