@@ -28,7 +28,13 @@ import numpy as np
 
 import perceiver_io
 from perceiver_io.atomic import atomic_output
-from perceiver_io.checkpoint_file import LateValue, PlannedTensor, checkpoint_metadata, write_checkpoint
+from perceiver_io.checkpoint_file import (
+    LateValue,
+    PlannedTensor,
+    c_contiguous,
+    checkpoint_metadata,
+    write_checkpoint,
+)
 from perceiver_io.configs import OfficialConfig, parse_config
 from perceiver_io.hub import get_cache_dir
 
@@ -158,7 +164,7 @@ def convert_tree(
     """A Haiku checkpoint (file or in-memory tree) as a PyTorch state_dict of numpy arrays."""
     config = parse_config(task, config)
     checkpoint = load_haiku_checkpoint(source)
-    return {t.name: np.asarray(t.compute(), order="C") for t in plan_conversion(checkpoint, task, config)}
+    return {t.name: c_contiguous(t.compute()) for t in plan_conversion(checkpoint, task, config)}
 
 
 def export_tree(

@@ -8,7 +8,7 @@ import torch
 from safetensors.numpy import save_file
 
 from converters.convert import convert_checkpoint
-from perceiver_io.checkpoint_file import CheckpointFileError
+from perceiver_io.checkpoint_file import CheckpointFileError, c_contiguous
 from perceiver_io.pipelines import fill_mask
 from perceiver_io.serialization import load, save
 from perceiver_io.tokenizer import NUM_SPECIAL_TOKENS, BytesTokenizer
@@ -71,3 +71,14 @@ def test_fill_mask_fills_each_marker_with_the_models_best_byte(converted_path):
     assert filled == expected
     with pytest.raises(ValueError, match="no '\\[MASK\\]'"):
         fill_mask(model, "nothing to fill")
+
+
+@pytest.mark.parametrize("shape", [(1280, 1280), (256, 300), (300, 2049), (65, 4000), (3, 5), (1, 7)])
+def test_c_contiguous_transposes_in_panels_exactly(shape):
+    rng = np.random.default_rng(0)
+    source = rng.standard_normal(shape, dtype=np.float32)
+    for view in (source.T, source[:, ::2].T, source.reshape(-1)[::-1]):
+        out = c_contiguous(view)
+        assert out.flags.c_contiguous and out.dtype == view.dtype
+        np.testing.assert_array_equal(out, view)
+    assert c_contiguous(source) is source
