@@ -157,13 +157,7 @@ def first_chunk(config) -> dict[str, np.ndarray]:
 def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict:
     """Inputs from an npz file of the official call's arguments (a golden `inputs.npz`, say); nested ones
     as `name/key` (`subsampling/image`). The multimodal model's `subsampling` defaults to the first chunk."""
-    try:
-        with np.load(path) as arrays:
-            flat = {name: arrays[name] for name in arrays.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"inputs file {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"inputs file {path} is not a readable npz file: {error}") from None
+    flat = _read_npz(path, "inputs")
     inputs = _unflatten(flat)
     if task == "multimodal_autoencoding" and "subsampling" not in inputs:
         inputs["subsampling"] = first_chunk(parse_config(task, config))
@@ -186,6 +180,17 @@ def torch_inputs(task: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         torch_kwargs["subsampled_points"] = {**inputs["subsampling"], "label": None}
         return torch_kwargs
     return dict(inputs)
+
+
+def _read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an npz file by name; a missing or unreadable file is an error naming `what` it is."""
+    try:
+        with np.load(path) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{what} file {path} is not a readable npz file: {error}") from None
 
 
 def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -250,13 +255,7 @@ def compute_reference(
 
 def load_reference(path: str | Path) -> Reference:
     """A reference saved by `Reference.save` (or `convert-checkpoint verify --save-reference`)."""
-    try:
-        with np.load(path) as arrays:
-            flat = {name: arrays[name] for name in arrays.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"reference file {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"reference file {path} is not a readable npz file: {error}") from None
+    flat = _read_npz(path, "reference")
     try:
         meta = json.loads(str(flat.pop("__meta__")))
         if meta["format"] != REFERENCE_FORMAT:
