@@ -98,33 +98,48 @@ def _torch_setup(args):
     return torch, device, dtype, synchronize
 
 
-def _ours(args) -> dict:
+def _torch_cell(args, build, inputs_for, wrap=None) -> tuple[dict, object, object, dict]:
+    """A torch implementation's cell: `build()` in eval mode on the device, timed on
+    `inputs_for(task, floats, tokens, padding_mask, points)` (random float inputs, token ids, the padding mask
+    of the language batch, the first chunk's points) under `torch.inference_mode`, through `wrap(model)` if
+    given. Returns the result, the model, its inputs, and the torch setup (for the matrix-product floor)."""
     torch, device, dtype, synchronize = _torch_setup(args)
+    baseline = _rss()
+    model = build().eval().to(device, dtype)
+    generator = torch.Generator().manual_seed(0)
+    inputs = inputs_for(
+        args.task,
+        lambda *shape: torch.rand(*shape, generator=generator).to(device, dtype),
+        lambda: torch.randint(6, 262, (1, 2048), generator=generator).to(device),
+        (torch.arange(2048) < 1500).int()[None].to(device),
+        {"image": torch.arange(IMAGE_CHUNK).to(device), "audio": torch.arange(AUDIO_CHUNK).to(device), "label": None},
+    )
+    run = wrap(model) if wrap else model
+    with torch.inference_mode():
+        timing = _serve(lambda: run(**inputs), args.warmup, synchronize)
+    setup = {"torch": torch, "device": device, "dtype": dtype, "synchronize": synchronize}
+    return _torch_result(torch, device, baseline, timing), model, inputs, setup
+
+
+def _our_inputs(task, floats, tokens, padding_mask, points) -> dict:
+    """The official call: channels-last pixels, the language mask, the video chunk's points."""
+    if task == "language_mlm":
+        return {"inputs": tokens(), "input_mask": padding_mask}
+    if task.startswith("imagenet"):
+        return {"images": floats(1, 224, 224, 3) * 2 - 1}
+    if task == "optical_flow":
+        return {"images": floats(1, 2, 368, 496, 3) * 2 - 1}
+    return {"images": floats(1, 16, 224, 224, 3), "audio": floats(1, 30720, 1) * 2 - 1, "subsampled_points": points}
+
+
+def _ours(args) -> dict:
     import perceiver_io
 
-    baseline = _rss()
-    model = perceiver_io.build_model(args.task).eval().to(device, dtype)
-    if args.child == "compiled":
-        model = perceiver_io.compile_for_inference(model)
-    generator = torch.Generator().manual_seed(0)
-    floats = lambda *shape: torch.rand(*shape, generator=generator).to(device, dtype)  # noqa: E731
-    if args.task == "language_mlm":
-        inputs = {"inputs": torch.randint(6, 262, (1, 2048), generator=generator).to(device),
-                  "input_mask": (torch.arange(2048) < 1500).int()[None].to(device)}
-    elif args.task.startswith("imagenet"):
-        inputs = {"images": floats(1, 224, 224, 3) * 2 - 1}
-    elif args.task == "optical_flow":
-        inputs = {"images": floats(1, 2, 368, 496, 3) * 2 - 1}
-    else:
-        inputs = {"images": floats(1, 16, 224, 224, 3), "audio": floats(1, 30720, 1) * 2 - 1,
-                  "subsampled_points": {"image": torch.arange(IMAGE_CHUNK).to(device),
-                                        "audio": torch.arange(AUDIO_CHUNK).to(device), "label": None}}
-    with torch.inference_mode():
-        timing = _serve(lambda: model(**inputs), args.warmup, synchronize)
-    result = _torch_result(torch, device, baseline, timing)
+    wrap = perceiver_io.compile_for_inference if args.child == "compiled" else None
+    result, model, inputs, setup = _torch_cell(args, lambda: perceiver_io.build_model(args.task), _our_inputs, wrap)
     if args.child == "ours":
         model.requires_grad_(False)  # FlopCounterMode's module hooks trip over parameters that want gradients
-        result.update(_matmul_floor(torch, lambda: model(**inputs), device, dtype, synchronize))
+        result.update(_matmul_floor(run=lambda: model(**inputs), **setup))
     return result
 
 
@@ -177,28 +192,21 @@ def _transformers_model(task: str):
     return getattr(transformers, name)(PerceiverConfig(**config))
 
 
-def _transformers(args) -> dict:
-    torch, device, dtype, synchronize = _torch_setup(args)
+def _transformers_inputs(task, floats, tokens, padding_mask, points) -> dict:
+    """transformers' call: channels-first pixels, the flow model's 3x3 patches already extracted."""
+    if task == "language_mlm":
+        return {"inputs": tokens(), "attention_mask": padding_mask}
+    if task.startswith("imagenet"):
+        return {"inputs": floats(1, 3, 224, 224) * 2 - 1}
+    if task == "optical_flow":
+        return {"inputs": floats(1, 2, 27, 368, 496) * 2 - 1}
+    image, audio = floats(1, 16, 3, 224, 224), floats(1, 30720, 1) * 2 - 1
+    return {"inputs": {"image": image, "audio": audio, "label": audio.new_zeros(1, 700)},
+            "subsampled_output_points": points}
 
-    baseline = _rss()
-    model = _transformers_model(args.task).eval().to(device, dtype)
-    generator = torch.Generator().manual_seed(0)
-    floats = lambda *shape: torch.rand(*shape, generator=generator).to(device, dtype)  # noqa: E731
-    if args.task == "language_mlm":
-        inputs = {"inputs": torch.randint(6, 262, (1, 2048), generator=generator).to(device),
-                  "attention_mask": (torch.arange(2048) < 1500).int()[None].to(device)}
-    elif args.task.startswith("imagenet"):
-        inputs = {"inputs": floats(1, 3, 224, 224) * 2 - 1}
-    elif args.task == "optical_flow":
-        inputs = {"inputs": floats(1, 2, 27, 368, 496) * 2 - 1}
-    else:
-        inputs = {"inputs": {"image": floats(1, 16, 3, 224, 224), "audio": floats(1, 30720, 1) * 2 - 1,
-                             "label": torch.zeros(1, 700, device=device, dtype=dtype)},
-                  "subsampled_output_points": {"image": torch.arange(IMAGE_CHUNK).to(device),
-                                               "audio": torch.arange(AUDIO_CHUNK).to(device), "label": None}}
-    with torch.inference_mode():
-        timing = _serve(lambda: model(**inputs), args.warmup, synchronize)
-    return _torch_result(torch, device, baseline, timing)
+
+def _transformers(args) -> dict:
+    return _torch_cell(args, lambda: _transformers_model(args.task), _transformers_inputs)[0]
 
 
 def _torch_result(torch, device, baseline: int, timing: dict) -> dict:
