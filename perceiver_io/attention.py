@@ -58,7 +58,8 @@ def _attend_with_matmuls(
     keep [B,1,Tq,Tk] or None -> [B,H,Tq,Dv].
 
     For CPU attention whose q/k heads are narrower than its v heads (the language model: 32 and 160):
-    SDPA's CPU flash kernel needs equal widths, and its fallback is several times slower than this.
+    SDPA's CPU flash kernel needs equal widths, and its fallback took twice as long (160 ms against 75 ms of
+    the language forward).
     """
     batch, num_heads, num_queries, _ = q.shape
     num_keys = k.shape[2]
