@@ -135,7 +135,8 @@ class FourierPositionEncoding(nn.Module):
         key = (tuple(index_dims), torch.device(device or "cpu"), dtype)
         features = self._cache.get(key)
         if features is None:
-            features = self._cache[key] = self._grid_features(index_dims, device, dtype)
+            with torch.inference_mode(False):  # a normal tensor, which a later autograd pass may save
+                features = self._cache[key] = self._grid_features(index_dims, device, dtype)
             while len(self._cache) > 8:
                 self._cache.popitem(last=False)
         return features.expand(batch_size, -1, -1)
