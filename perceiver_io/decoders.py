@@ -11,6 +11,7 @@ from torch import nn
 
 from .attention import CrossAttention, make_cross_attention_mask
 from .configs import ConfigError, DecoderConfig, FlowDecoderConfig
+from .inputs import check_index_range
 from .position_encoding import TrainablePositionEncoding, build_position_encoding, subsampled_positions
 
 
@@ -44,7 +45,12 @@ class DecoderQueries(nn.Module):
         batch_size = inputs.shape[0]
         pos = None
         if subsampled_points is not None:
-            pos = subsampled_positions(subsampled_points.to(inputs.device), self.index_dims)
+            points = torch.as_tensor(subsampled_points, device=inputs.device)
+            if points.ndim != 1 or points.is_floating_point() or points.dtype == torch.bool:
+                raise ValueError(f"subsampled_points: expected flat integer indices [N] into the "
+                                 f"{'x'.join(map(str, self.index_dims))} grid, got {points.dtype} {list(points.shape)}")
+            check_index_range("subsampled_points", points, math.prod(self.index_dims))
+            pos = subsampled_positions(points, self.index_dims)
             pos = pos.expand(batch_size, -1, -1)
         queries = self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
         if self.concat_preprocessed_input:

@@ -45,6 +45,7 @@ from .decoders import (
     ProjectionDecoder,
 )
 from .encoder import PerceiverEncoder
+from .inputs import check_index_range, check_tensor
 from .perceiver import Perceiver
 from .postprocessors import (
     AudioPostprocessor,
@@ -97,6 +98,12 @@ class LanguagePerceiver(nn.Module):
         self.embedding_decoder = EmbeddingDecoder(config.vocab_size)
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.perceiver.input_preprocessor.token_embedding.weight
+        check_tensor("inputs", inputs, ("B", self.config.max_seq_len), weight, "integer",
+                     f"token ids, padded to {self.config.max_seq_len} with the tokenizer's pad")
+        check_index_range("inputs", inputs, self.config.vocab_size)
+        if input_mask is not None:
+            check_tensor("input_mask", input_mask, tuple(inputs.shape), weight, "any", "1 = token, 0 = padding")
         out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
         return self.embedding_decoder(out, self.perceiver.input_preprocessor.token_embedding.weight)
 
@@ -119,6 +126,8 @@ class ImageClassifier(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_tensor("images", images, ("B", "H", "W", 3), next(self.parameters()),
+                     hint="channels last, normalised as the colab: (x - mean*255) / (std*255)")
         return self.perceiver(images)
 
 
@@ -142,11 +151,8 @@ class OpticalFlow(nn.Module):
         )
 
     def raw_flow(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 5 or images.shape[1] != 2 or tuple(images.shape[2:4]) != tuple(self.config.train_size):
-            raise ValueError(
-                f"expected frame pairs [B,2,{self.config.train_size[0]},{self.config.train_size[1]},3], got "
-                f"{tuple(images.shape)}; use perceiver_io.flow.tiled_flow for frames of other sizes"
-            )
+        check_tensor("images", images, ("B", 2, *self.config.train_size, 3), next(self.parameters()),
+                     hint="frame pairs in [-1,1]; perceiver_io.flow.tiled_flow takes frames of other sizes")
         return self.perceiver(patches_for_flow(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -196,12 +202,9 @@ class VideoAutoencoder(nn.Module):
         )
 
     def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        config = self.config
-        if tuple(images.shape[1:]) != (*config.image_shape, 3) or tuple(audio.shape[1:]) != (config.num_audio_samples, 1):
-            raise ValueError(
-                f"expected images [B,{','.join(map(str, config.image_shape))},3] and audio "
-                f"[B,{config.num_audio_samples},1], got {tuple(images.shape)} and {tuple(audio.shape)}"
-            )
+        config, weight = self.config, next(self.parameters())
+        check_tensor("images", images, ("B", *config.image_shape, 3), weight, hint="video frames in [0,1]")
+        check_tensor("audio", audio, (images.shape[0], config.num_audio_samples, 1), weight, hint="in [-1,1]")
         label = torch.zeros(images.shape[0], config.num_classes, dtype=images.dtype, device=images.device)
         return {"audio": audio, "image": images, "label": label}
 
