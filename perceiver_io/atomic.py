@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -11,22 +12,58 @@ from typing import IO, Iterator
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool = False) -> Iterator[IO]:
-    """A file to write that appears at `path` only once complete (flushed, fsynced, renamed over it).
+    """A file to write that appears at `path` only once complete (flushed, fsynced, then moved into place).
 
-    An existing file is kept (FileExistsError) unless `overwrite`; on any failure neither the output nor
-    the temporary file is left behind. The temporary file sits beside `path` with the mode `open` gives.
+    An existing file is kept (FileExistsError) unless `overwrite`, also when one appears at `path` while
+    this one is written: it is published with a hard link, which fails rather than replace anything.
+    Whatever is not a regular file (a folder, a device such as /dev/null, a pipe) is never replaced. On
+    any failure neither the output nor the temporary file is left behind. The temporary file sits beside
+    `path` with the mode `open` gives.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--force) to replace it")
+    _check_replaceable(path, overwrite)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise type(error)(f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(fd, "w" if text else "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, path)
+        _publish(temporary, path, overwrite)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    if not os.path.lexists(path):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # a dangling symbolic link
+        mode = stat.S_IFREG
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path} is a folder; give the output file's name")
+    if not stat.S_ISREG(mode):
+        raise FileExistsError(f"{path} exists and is not a regular file; it is never replaced")
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--force) to replace it")
+
+
+def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
+    """Moves the finished `temporary` to `path`: replacing what is there only if `overwrite`."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} appeared while it was being written; it was kept") from None
+    except OSError:  # a file system without hard links
+        _check_replaceable(path, overwrite=False)
+        os.replace(temporary, path)
+        return
+    temporary.unlink()
