@@ -48,12 +48,14 @@ class CheckpointFileError(ValueError):
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    """A tensor to be written: its name, shape and dtype, known before its values are computed."""
+    """A tensor to be written: its name, shape and dtype, known before its values are computed.
+    `stored_as` is the safetensors dtype where numpy has none (e.g. "BF16", computed as its int16 bits)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
     compute: Callable[[], np.ndarray]
+    stored_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def _header(tensors: list[PlannedTensor], metadata: Mapping[str, str]) -> bytes:
             raise CheckpointFileError(f"tensor {tensor.name!r}: dtype {dtype} cannot be stored in safetensors")
         size = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
         entries[tensor.name] = {
-            "dtype": _DTYPES[dtype],
+            "dtype": tensor.stored_as or _DTYPES[dtype],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }
@@ -177,9 +179,23 @@ def _resolved(metadata: Mapping[str, str | LateValue]) -> dict[str, str]:
     return resolved
 
 
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file that starts as a safetensors file does: a plausible header length,
+    then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(raw) == 9 and raw[8:] == b"{" and 8 + struct.unpack("<Q", raw[:8])[0] <= size
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a converted file, checked to be of this project's format."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointFileError(f"{path} is a folder, not a converted checkpoint file")
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
@@ -196,6 +212,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointFileError(f"{path} does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise CheckpointFileError(f"{path} is not a safetensors file (unreadable header)") from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointFileError(f"{path}: its header's __metadata__ is not a mapping of strings")
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointFileError(
             f"{path} is a safetensors file without this project's metadata (format={metadata.get('format')!r}); "

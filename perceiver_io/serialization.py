@@ -9,11 +9,18 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import hub
-from .checkpoint_file import CheckpointFileError, PlannedTensor, checkpoint_metadata, read_metadata, write_checkpoint
+from .checkpoint_file import (
+    CheckpointFileError,
+    PlannedTensor,
+    checkpoint_metadata,
+    is_safetensors_file,
+    read_metadata,
+    write_checkpoint,
+)
 from .configs import ConfigError, OfficialConfig
 from .tasks import TASKS, build_model
 
@@ -26,16 +33,26 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
+    shared = sorted(set(expected) & set(state_dict))
     mismatched = [
         f"{key}: expected {tuple(expected[key].shape)}, found {tuple(state_dict[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
+        for key in shared
         if expected[key].shape != state_dict[key].shape
     ]
-    if missing or unexpected or mismatched:
+    mistyped = [
+        f"{key}: expected {'floating' if expected[key].is_floating_point() else 'integer'} values, found "
+        f"{str(state_dict[key].dtype).removeprefix('torch.')}"
+        for key in shared
+        if expected[key].is_floating_point() != state_dict[key].is_floating_point()
+    ]
+    if missing or unexpected or mismatched or mistyped:
         raise CheckpointFileError(
-            f"{source} does not fit the {type(model).__name__} its metadata describes: "
-            f"missing {missing}, unexpected {unexpected}, wrong shapes {mismatched}"
+            f"{source} does not fit the {type(model).__name__} its metadata describes: missing {missing}, "
+            f"unexpected {unexpected}, wrong shapes {mismatched}" + (f", wrong dtypes {mistyped}" if mistyped else "")
         )
+    floating = sorted({str(value.dtype).removeprefix("torch.") for value in state_dict.values() if value.is_floating_point()})
+    if len(floating) > 1:
+        raise CheckpointFileError(f"{source} mixes floating dtypes {floating}; a model computes in one")
     model.load_state_dict(state_dict, strict=True, assign=True)
 
 
@@ -53,7 +70,8 @@ def load(
     - the name of a released checkpoint (`perceiver_io.hub.RELEASES`, e.g. "language_mlm"): the released
       file is downloaded into the cache (`cache_dir`, default `perceiver_io.hub.get_cache_dir()`) and
       converted there once; later calls read the converted file without touching the network;
-    - a converted `.safetensors` file, which carries its task and configuration in its header;
+    - a converted file (a `.safetensors` name, or any name with a safetensors header), which carries its
+      task and configuration in its header;
     - an original Haiku checkpoint (any other file, e.g. `.pickle`, `.pystate`, `.npz`), converted in
       memory. It needs `task=`, and `config=` (official keys) unless it has the released configuration.
     """
@@ -63,7 +81,7 @@ def load(
                               "pass neither task= nor config=")
         name_or_path = hub.download_converted(name_or_path, cache_dir=cache_dir)
     path = Path(name_or_path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or is_safetensors_file(path):
         if task is not None or config is not None:
             raise ConfigError(f"{path} carries its task and configuration in its header; pass neither task= "
                               "nor config=")
@@ -90,8 +108,12 @@ def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
             model = build_model(task, config)
         except ConfigError as error:
             raise CheckpointFileError(f"{path}: its config is not valid: {error}") from None
-    with safe_open(path, framework="pt", device=str(device)) as f:
-        state_dict = {key: f.get_tensor(key) for key in f.keys()}
+    target = torch.device(device)
+    try:  # safetensors places tensors on CPU or CUDA only, and names them "cpu" or "cuda:N"
+        with safe_open(path, framework="pt", device=str(target) if target.type == "cuda" else "cpu") as f:
+            state_dict = {key: f.get_tensor(key).to(target) for key in f.keys()}
+    except SafetensorError as error:
+        raise CheckpointFileError(f"{path} is damaged or truncated: {error}") from None
     load_state_dict_strictly(model, state_dict, str(path))
     return model
 
@@ -133,9 +155,18 @@ def task_of(model: nn.Module) -> str:
 def save(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes a task model (e.g. fine-tuned) to a converted checkpoint file that `load` reads back."""
     task = task_of(model)
-    tensors = [
-        PlannedTensor(key, tuple(value.shape), np.dtype(str(value.dtype).removeprefix("torch.")),
-                      lambda value=value: value.detach().cpu().numpy())
-        for key, value in model.state_dict().items()
-    ]
+    state_dict = model.state_dict()
+    if any(value.is_meta for value in state_dict.values()):
+        raise ValueError("the model is on the meta device, so it has no values to save; load its weights first")
+    tensors = [_planned(key, value) for key, value in state_dict.items()]
     return write_checkpoint(path, tensors, checkpoint_metadata(task, model.config.to_json()), overwrite)
+
+
+def _planned(key: str, value: torch.Tensor) -> PlannedTensor:
+    """`value` to be written under `key`; bfloat16, which numpy lacks, as its bits (int16) marked BF16."""
+    value = value.detach()
+    if value.dtype == torch.bfloat16:
+        return PlannedTensor(key, tuple(value.shape), np.dtype(np.int16),
+                             lambda: value.view(torch.int16).cpu().numpy(), stored_as="BF16")
+    return PlannedTensor(key, tuple(value.shape), np.dtype(str(value.dtype).removeprefix("torch.")),
+                         lambda: value.cpu().numpy())

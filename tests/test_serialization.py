@@ -54,6 +54,69 @@ def test_truncated_and_missing_files_are_refused(converted_path, tmp_path):
         load(tmp_path / "absent.safetensors")
 
 
+def test_save_and_load_bfloat16_bit_for_bit(converted_path, tmp_path):
+    model = load(converted_path, dtype=torch.bfloat16)
+    save(model, tmp_path / "bf16.safetensors")
+    again = load(tmp_path / "bf16.safetensors")
+    for (key, ours), (_, theirs) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert theirs.dtype == ours.dtype and torch.equal(ours, theirs), key
+
+
+def test_a_model_without_values_is_not_saved(converted_path, tmp_path):
+    with pytest.raises(ValueError, match="meta device"):
+        save(load(converted_path).to("meta"), tmp_path / "meta.safetensors")
+    assert not (tmp_path / "meta.safetensors").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0), "meta"])
+def test_load_takes_any_device_spelling(converted_path, device):
+    model = load(converted_path, device=device)
+    assert all(p.device.type == torch.device(device).type for p in model.parameters())
+
+
+def test_a_converted_file_is_known_by_its_content_not_its_name(converted_path, tmp_path):
+    renamed = tmp_path / "model.st"
+    renamed.write_bytes(converted_path.read_bytes())
+    assert torch.equal(load(renamed).embedding_decoder.bias, load(converted_path).embedding_decoder.bias)
+
+
+def _rewritten(source, folder, change):
+    """A copy of the converted file with its tensors and metadata passed through `change(tensors, metadata)`."""
+    from safetensors import safe_open
+
+    with safe_open(source, framework="np") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    change(tensors, metadata)
+    path = folder / "changed.safetensors"
+    save_file(tensors, path, metadata)
+    return path
+
+
+def _first_float(tensors):
+    return next(key for key, value in tensors.items() if value.dtype == np.float32)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t, m: t.update({_first_float(t): t[_first_float(t)].astype(np.int32)}), "wrong dtypes"),
+    (lambda t, m: t.update({_first_float(t): t[_first_float(t)].astype(np.float64)}), "mixes floating dtypes"),
+    (lambda t, m: m.update(task="[1]"), "unknown task"),
+])
+def test_tampered_files_are_refused_naming_the_problem(converted_path, tmp_path, change, words):
+    with pytest.raises(CheckpointFileError, match=words):
+        load(_rewritten(converted_path, tmp_path, change))
+
+
+def test_files_damaged_after_the_header_or_not_files_are_refused(converted_path, tmp_path):
+    data = converted_path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointFileError, match="damaged or truncated"):
+        load(cut)
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(CheckpointFileError, match="is a folder"):
+        load(tmp_path / "folder.safetensors")
+
+
 def test_fill_mask_fills_each_marker_with_the_models_best_byte(converted_path):
     model = load(converted_path)
     text = "Perceiver [MASK][MASK] bytes"
