@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 
 import numpy as np
 import torch
 
 from .atomic import atomic_output
+from .images import rgb_pixels
 from .tasks import OpticalFlow
 
 
@@ -24,8 +26,8 @@ def tile_origins(image_shape: tuple[int, int], tile_size: tuple[int, int], min_o
     a tile every tile - min_overlap pixels, the last flush with the edge). Where the official rule would
     also let an earlier tile run past the edge (and fail), that tile is moved flush with the edge too."""
     height, width = image_shape
-    if min_overlap >= min(tile_size):
-        raise ValueError(f"min_overlap ({min_overlap}) must be smaller than the tile size {tuple(tile_size)}")
+    if not 0 <= min_overlap < min(tile_size):
+        raise ValueError(f"min_overlap ({min_overlap}) must be in [0, {min(tile_size)}): the tile size is {tuple(tile_size)}")
     if height < tile_size[0] or width < tile_size[1]:
         raise ValueError(
             f"frames of {height}x{width} are smaller than the model's {tile_size[0]}x{tile_size[1]} tile; "
@@ -51,12 +53,17 @@ def tiled_flow(
     batch_size: int = 4,
 ) -> np.ndarray:
     """Flow in pixels [H,W,2] from frame1 to frame2 ([H,W,3] each, in [-1,1]), for any H, W at least the
-    model's training size. At most `batch_size` tiles are in memory on the model's device at once."""
-    frames = np.stack([np.asarray(frame1, np.float32), np.asarray(frame2, np.float32)])
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected two RGB frames [H,W,3] of one size, got {frames.shape[1:]}")
+    model's training size. At most `batch_size` tiles are in memory on the model's device at once. A tile
+    the official grid lists twice is computed once and counted twice."""
+    frame1, frame2 = np.asarray(frame1, np.float32), np.asarray(frame2, np.float32)
+    if frame1.shape != frame2.shape or frame1.ndim != 3 or frame1.shape[-1] != 3:
+        raise ValueError(f"expected two RGB frames [H,W,3] of one size, got {frame1.shape} and {frame2.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    frames = np.stack([frame1, frame2])
     tile = tuple(model.config.train_size)
-    origins = tile_origins(frames.shape[1:3], tile, min_overlap)
+    counts = Counter(tile_origins(frames.shape[1:3], tile, min_overlap))
+    origins = list(counts)
     weights = tile_weights(tile)[:, :, None]
     flow = np.zeros((*frames.shape[1:3], 2), np.float32)
     total = np.zeros((*frames.shape[1:3], 1), np.float32)
@@ -66,8 +73,8 @@ def tiled_flow(
         tiles = np.stack([frames[:, y: y + tile[0], x: x + tile[1]] for y, x in batch])
         flows = model(torch.from_numpy(tiles).to(parameter.device, parameter.dtype)).float().cpu().numpy()
         for (y, x), piece in zip(batch, flows):
-            flow[y: y + tile[0], x: x + tile[1]] += piece * weights
-            total[y: y + tile[0], x: x + tile[1]] += weights
+            flow[y: y + tile[0], x: x + tile[1]] += piece * weights * counts[y, x]
+            total[y: y + tile[0], x: x + tile[1]] += weights * counts[y, x]
     return flow / total
 
 
@@ -104,20 +111,22 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """An image file as the flow model takes it: [H,W,3] float32 in [-1,1] (x/255*2-1, as the colab)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255 * 2 - 1
+    return rgb_pixels(path) / 255 * 2 - 1
 
 
 def flow_between_files(
-    model: OpticalFlow, first: str | os.PathLike, second: str | os.PathLike, picture: str | os.PathLike, **tiling
+    model: OpticalFlow,
+    first: str | os.PathLike,
+    second: str | os.PathLike,
+    picture: str | os.PathLike,
+    overwrite: bool = False,
+    **tiling,
 ) -> np.ndarray:
-    """Reads two image files, computes the flow (tiled) and writes it as a colour-wheel picture (PNG).
-    Returns the flow [H,W,2] in pixels."""
+    """Reads two image files, computes the flow (tiled) and writes it as a colour-wheel picture (PNG; an
+    existing file is kept unless `overwrite`). Returns the flow [H,W,2] in pixels."""
     from PIL import Image
 
     flow = tiled_flow(model, read_frame(first), read_frame(second), **tiling)
-    with atomic_output(picture, overwrite=True) as out:
+    with atomic_output(picture, overwrite=overwrite) as out:
         Image.fromarray(flow_to_rgb(flow)).save(out, format="PNG")
     return flow

@@ -9,6 +9,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from .images import rgb_pixels
 from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
 from .tokenizer import MASK, NUM_SPECIAL_TOKENS, BytesTokenizer
 
@@ -26,6 +27,8 @@ def fill_mask(model: LanguagePerceiver, text: str, mask_marker: str = MASK_MARKE
     "This is an incomplete sentence where some words are" + 9 * "[MASK]" asks for 9 bytes.
     Returns the text with every marker replaced by the predicted byte (invalid UTF-8 shows as U+FFFD).
     """
+    if not mask_marker:
+        raise ValueError("mask_marker must not be empty")
     tokenizer = BytesTokenizer()
     pieces = text.split(mask_marker)
     if len(pieces) == 1:
@@ -50,21 +53,6 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(text.splitlines())
 
 
-def _rgb_array(image) -> np.ndarray:
-    """A PIL image, an image file path or an array [H,W,3] (0-255) as float32 RGB [H,W,3]."""
-    if isinstance(image, (str, os.PathLike)):
-        from PIL import Image
-
-        with Image.open(image) as opened:
-            return np.asarray(opened.convert("RGB"), dtype=np.float32)
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image [H,W,3], got an array of shape {array.shape}")
-    return array
-
-
 def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """An image as the ImageNet classifiers take it: [H,W,3] float32, normalised as the official colab.
 
@@ -73,9 +61,11 @@ def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """
     from PIL import Image
 
-    pixels = _rgb_array(image)
+    pixels = rgb_pixels(image)
     height, width = pixels.shape[:2]
-    crop = int(size[0] / (size[0] + CROP_PADDING) * min(height, width))
+    if min(height, width) == 0:
+        raise ValueError(f"the image is empty: {height}x{width} pixels")
+    crop = max(1, int(size[0] / (size[0] + CROP_PADDING) * min(height, width)))
     top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
     cropped = pixels[top: top + crop, left: left + crop]
     resized = Image.fromarray(cropped.round().clip(0, 255).astype(np.uint8)).resize(
@@ -87,6 +77,8 @@ def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
 @torch.inference_mode()
 def classify_image(model: ImageClassifier, image, top_k: int = 5) -> list[tuple[str, float]]:
     """The `top_k` (class name, probability) pairs for a PIL image, an image file or an RGB array."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
     parameter = next(model.parameters())
     pixels = torch.from_numpy(imagenet_input(image, tuple(model.config.image_size)))[None]
     logits = model(pixels.to(parameter.device, parameter.dtype))[0].float()

@@ -214,7 +214,9 @@ class VideoAutoencoder(nn.Module):
     def chunks(self, num_chunks: int | None = None) -> list[dict[str, torch.Tensor | None]]:
         """The subsampled points of each chunk, as the colab's `autoencode_video` takes them: consecutive
         ranges of image points and of audio patches (split as evenly as possible when not divisible)."""
-        num_chunks = num_chunks or self.config.nchunks
+        num_chunks = self.config.nchunks if num_chunks is None else num_chunks
+        if not isinstance(num_chunks, int) or num_chunks < 1:
+            raise ValueError(f"num_chunks must be a positive integer, got {num_chunks!r}")
         image_points = torch.arange(math.prod(self.config.image_shape))
         audio_points = torch.arange(self.config.num_audio_samples // self.config.samples_per_patch)
         return [
@@ -224,7 +226,9 @@ class VideoAutoencoder(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, audio: torch.Tensor, num_chunks: int | None = None) -> dict:
         """The whole clip decoded in `num_chunks` chunks (default: the colab's NCHUNKS, 128), the encoder run
-        once: {'image': [B,T,H,W,3], 'audio': [B,S,1], 'label': [B,classes]}. Memory is bounded by one chunk."""
+        once: {'image': [B,T,H,W,3], 'audio': [B,S,1], 'label': [B,classes]}. Under `torch.inference_mode()`
+        or `torch.no_grad()` (`reconstruct_video` runs it so), the decoder's memory is bounded by one chunk;
+        with gradients on, every chunk's graph is kept for the backward pass."""
         z, preprocessed = self.perceiver.encode(self._inputs(images, audio))
         pieces: dict[str, list[torch.Tensor]] = {"image": [], "audio": []}
         for points in self.chunks(num_chunks):

@@ -69,6 +69,31 @@ def test_tiled_flow_follows_the_colab_rule(model, batch_size):
     assert np.abs(ours - expected).max() <= 1e-5
 
 
+def test_a_tile_the_colab_lists_twice_is_computed_once_and_counted_twice(model):
+    rng = np.random.default_rng(2)
+    frame1, frame2 = (rng.uniform(-1, 1, (20, 16, 3)).astype(np.float32) for _ in range(2))
+    assert sorted(tile_origins((20, 16), (12, 16), 4)) == [(0, 0)] * 2 + [(8, 0)] * 4
+    tiles = []
+    hook = model.register_forward_hook(lambda module, args, output: tiles.append(len(output)))
+    try:
+        ours = tiled_flow(model, frame1, frame2, min_overlap=4)
+    finally:
+        hook.remove()
+    assert sum(tiles) == 2
+    assert np.abs(ours - reference_tiling(model, frame1, frame2, (12, 16), 4)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("frames, options, words", [
+    (((20, 25, 3), (20, 26, 3)), {}, "of one size, got (20, 25, 3) and (20, 26, 3)"),
+    (((20, 25, 3), (20, 25, 3)), {"batch_size": 0}, "batch_size must be at least 1"),
+    (((20, 25, 3), (20, 25, 3)), {"min_overlap": -1}, "min_overlap (-1) must be in [0, 12)"),
+])
+def test_tiled_flow_refuses_bad_calls(model, frames, options, words):
+    with pytest.raises(ValueError) as raised:
+        tiled_flow(model, *(np.zeros(shape, np.float32) for shape in frames), **options)
+    assert words in str(raised.value)
+
+
 def test_one_tile_is_one_forward_pass(model, golden_flow):
     images = golden_flow.inputs["images"][0]
     with torch.inference_mode():
@@ -112,3 +137,6 @@ def test_flow_between_image_files(model, tmp_path):
         assert picture.size == (25, 20)
     assert flow.shape == (20, 25, 2) and np.isfinite(flow).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "flow.png"]
+    with pytest.raises(FileExistsError):
+        flow_between_files(model, *paths, tmp_path / "flow.png", min_overlap=4)
+    flow_between_files(model, *paths, tmp_path / "flow.png", overwrite=True, min_overlap=4)

@@ -42,6 +42,20 @@ def test_classify_an_image_file(tmp_path):
     probabilities = torch.softmax(logits, -1)
     assert [label for label, _ in top] == [str(i) for i in probabilities.argsort(descending=True)[:3].tolist()]
     assert top[0][1] == pytest.approx(float(probabilities.max()), rel=1e-6)
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        classify_image(model, path, top_k=0)
+
+
+def test_sixteen_bit_and_thin_images_keep_their_values(tmp_path):
+    grey = np.full((6, 500), 200 * 257, np.uint16)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(grey).save(path)
+    expected = (200 - IMAGENET_MEAN_RGB) / IMAGENET_STDDEV_RGB
+    np.testing.assert_allclose(imagenet_input(path, (16, 16)), np.broadcast_to(expected, (16, 16, 3)), atol=1e-5)
+    thin = np.full((1, 500, 3), 200, np.uint8)
+    np.testing.assert_allclose(imagenet_input(thin, (224, 224)), np.broadcast_to(expected, (224, 224, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="the image is empty"):
+        imagenet_input(np.zeros((0, 5, 3)))
 
 
 @pytest.mark.parametrize("task", ["imagenet_fourier", "imagenet_conv", "imagenet_learned"])

@@ -65,6 +65,8 @@ def test_each_chunk_matches_official(model, golden, chunk):
 def test_reconstruction_matches_official(model, golden):
     with torch.inference_mode():
         reconstruction = model.reconstruct(*_inputs(golden), num_chunks=CHUNKS)
+        with pytest.raises(ValueError, match="num_chunks must be a positive integer, got 0"):
+            model.reconstruct(*_inputs(golden), num_chunks=0)
     for name in ("audio", "image", "label"):
         official = golden.outputs[f"reconstruction/{name}"]
         assert reconstruction[name].shape == official.shape

@@ -132,6 +132,8 @@ def test_fill_mask_fills_each_marker_with_the_models_best_byte(converted_path):
     best = logits[len(prefix): len(prefix) + 2, NUM_SPECIAL_TOKENS:].argmax(-1) + NUM_SPECIAL_TOKENS
     expected = tokenizer.decode(np.concatenate([tokenizer.encode(prefix), best.numpy(), tokenizer.encode(suffix)]))
     assert filled == expected
+    with pytest.raises(ValueError, match="mask_marker must not be empty"):
+        fill_mask(model, text, mask_marker="")
     with pytest.raises(ValueError, match="no '\\[MASK\\]'"):
         fill_mask(model, "nothing to fill")
 
