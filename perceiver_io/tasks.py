@@ -167,6 +167,10 @@ class VideoAutoencoder(nn.Module):
     outputs at the subsampled points (flat indices into the (T,H,W) grid and the audio patches), or at
     every point when `subsampled_points` is None. The label input is zeros, as in the colab; the released
     model replaces it by its mask token. `reconstruct` decodes a whole clip in chunks.
+
+    As in the official decoder, queries at every point sit at linspace(-1, 1) positions, while subsampled
+    ones sit at -1 + 2 * coordinate / n: a call without `subsampled_points` does not give what
+    `reconstruct` (the colab's chunked decoding) gives.
     """
 
     def __init__(self, config: MultimodalConfig = MULTIMODAL_AUTOENCODING):
