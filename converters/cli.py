@@ -6,7 +6,7 @@
     convert-checkpoint --list
     convert-checkpoint verify SRC [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
                        [--inputs INPUTS.npz] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-                       [--tolerance T] [--json] [--save-reference REF.npz | --reference REF.npz]
+                       [--tolerance T] [--json] [--save-reference REF.npz [--force] | --reference REF.npz]
     convert-checkpoint export SRC.safetensors -o DST.pickle|DST.npz [--force]
 
 The second form is the project's main job on the small checkpoint that ships with it: convert, load,
@@ -16,18 +16,28 @@ The fourth lists the released checkpoints and what the cache holds of them. The 
 reference and the PyTorch model on the same inputs and reports the error of every stage
 (`converters.verify`); it exits 1 when a stage is over tolerance. The sixth writes a converted (or
 fine-tuned) model back as a Haiku checkpoint, in the released pickle format or as npz (`converters.export`).
+
+Exit status: 0 done, 1 a verify stage over tolerance (or a failed --example parity), 2 bad input (a
+missing, unreadable or corrupt file, a wrong task or config, no memory), 130 interrupted (Ctrl-C).
+SIGTERM and SIGHUP stop the command as Ctrl-C does, so no temporary file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from perceiver_io.atomic import check_output
 from perceiver_io.checkpoint_file import CheckpointFileError
 from perceiver_io.configs import ConfigError
 from perceiver_io import hub
@@ -57,15 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="JSON file with the model's configuration in the official colab keys "
                         "(default: the task's released configuration)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    parser.add_argument("--example", action="store_true",
-                        help="convert the small language checkpoint that ships with the project, run it, and "
-                        "print its parity with the official JAX outputs")
-    parser.add_argument("--download", action="store_true",
-                        help="fetch the released checkpoint of --task into the cache (PERCEIVER_IO_CACHE, default "
-                        "~/.cache/perceiver_io); with -o, convert it to DST")
-    parser.add_argument("--list", action="store_true",
-                        help="list the released checkpoints, their sizes, and which are downloaded and converted "
-                        "in the cache")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--example", action="store_true",
+                      help="convert the small language checkpoint that ships with the project, run it, and "
+                      "print its parity with the official JAX outputs")
+    mode.add_argument("--download", action="store_true",
+                      help="fetch the released checkpoint of --task into the cache (PERCEIVER_IO_CACHE, default "
+                      "~/.cache/perceiver_io); with -o, convert it to DST")
+    mode.add_argument("--list", action="store_true",
+                      help="list the released checkpoints, their sizes, and which are downloaded and converted "
+                      "in the cache")
     return parser
 
 
@@ -73,11 +84,33 @@ def _read_config(path: str | None):
     if path is None:
         return None
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+
+
+def _output_path(text: str, option: str = "-o") -> Path:
+    """The file to write; a path ending in a separator names a folder, which is refused."""
+    if text.endswith(("/", os.sep)):
+        raise ConfigError(f"{option} {text} ends with a separator, so it names a folder; give the path of the "
+                          "file to write")
+    return Path(text)
+
+
+@contextlib.contextmanager
+def _writing(output: Path, source: str | os.PathLike | None = None) -> Iterator[None]:
+    """An OSError while writing `output` (its folder, its temporary file, the disk) is reported as about
+    `output`; errors with a message of their own, or about the file `source` being read, pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.strerror is None or (source is not None and error.filename == os.fspath(source)):
+            raise
+        raise OSError(error.errno, f"cannot write {output}: {error.strerror}") from error
 
 
 def _print_report(report: ConversionReport) -> None:
@@ -99,7 +132,8 @@ def _run_example(output: Path, force: bool) -> int:
     with resources.as_file(example) as folder:
         config = json.loads((folder / "reduced_config.json").read_text())
         source = folder / EXAMPLE_CHECKPOINT
-        report = convert_checkpoint(source, output, EXAMPLE_TASK, config, overwrite=force)
+        with _writing(output, source):
+            report = convert_checkpoint(source, output, EXAMPLE_TASK, config, overwrite=force)
         _print_report(report)
         inputs = dict(np.load(folder / "inputs.npz"))
         official = dict(np.load(folder / "outputs.npz"))
@@ -151,12 +185,15 @@ def _download(args: argparse.Namespace) -> int:
     if args.output and not hub.is_ported(args.task):
         raise ConfigError(f"the {args.task} model is not ported to PyTorch yet, so its checkpoint cannot be "
                           "converted; run --download without -o to fetch the original file only")
+    output = _output_path(args.output) if args.output else None
+    config = _read_config(args.config)
     original = hub.download(args.task)
     print(f"{args.task}: {original}")
-    if args.output:
-        config = _read_config(args.config)
-        _print_report(convert_checkpoint(original, args.output, args.task, config or hub.RELEASES[args.task].config,
-                                         args.force))
+    if output:
+        with _writing(output, original):
+            report = convert_checkpoint(original, output, args.task, config or hub.RELEASES[args.task].config,
+                                        args.force)
+        _print_report(report)
     return 0
 
 
@@ -191,6 +228,7 @@ def _verify_parser() -> argparse.ArgumentParser:
     reference.add_argument("--reference", metavar="REF.npz",
                            help="compare with a reference saved by --save-reference instead of running JAX "
                            "(its inputs are used; no jax or dm-haiku needed)")
+    parser.add_argument("--force", action="store_true", help="replace the --save-reference file if it exists")
     return parser
 
 
@@ -206,6 +244,9 @@ def _verify(argv: list[str]) -> int:
     check_device(args.device)
     if args.tolerance is not None and not args.tolerance > 0:
         raise ConfigError(f"--tolerance must be positive, got {args.tolerance}")
+    save_to = _output_path(args.save_reference, "--save-reference") if args.save_reference else None
+    if save_to:
+        check_output(save_to, args.force)
     config = _read_config(args.config)
     task = args.task
     source = None
@@ -242,8 +283,9 @@ def _verify(argv: list[str]) -> int:
             raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
         inputs = read_inputs(args.inputs, task, config) if args.inputs else synthetic_inputs(task, config)
         reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
-        if args.save_reference:
-            reference.save(args.save_reference)
+        if save_to:
+            with _writing(save_to):
+                reference.save(save_to, overwrite=args.force)
 
     dtype = DTYPES[args.dtype]
     if args.converted:
@@ -278,51 +320,73 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", required=True, help="the Haiku checkpoint to write (.pickle/.pystate/.npz)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
     args = parser.parse_args(argv)
-    if Path(args.output).exists() and not args.force:
-        raise FileExistsError(f"{args.output} already exists; pass --force to replace it")
+    output = _output_path(args.output)
+    check_output(output, args.force)
     model = load(args.source)
-    path = export_haiku_checkpoint(model, args.output, overwrite=args.force)
+    with _writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        path = export_haiku_checkpoint(model, output, overwrite=args.force)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0
 
 
+def _convert(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        if args.source or args.output or args.task or args.config:
+            raise ConfigError("--list takes no SRC, -o, --task or --config")
+        return _list_releases()
+    if args.download:
+        return _download(args)
+    if args.example:
+        if args.source or args.task or args.config:
+            raise ConfigError("--example takes no SRC, --task or --config")
+        return _run_example(_output_path(args.output) if args.output else EXAMPLE_OUTPUT, args.force)
+    if not args.source or not args.output:
+        _parser().print_usage(sys.stderr)
+        raise ConfigError("SRC and -o DST are required (or --example)")
+    if not args.task:
+        raise ConfigError(f"--task is required; one of {', '.join(sorted(TASKS))}")
+    output = _output_path(args.output)
+    config = _read_config(args.config)
+    with _writing(output, args.source):
+        report = convert_checkpoint(args.source, output, args.task, config, args.force)
+    _print_report(report)
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP stop the command through the same cleanup as Ctrl-C (no temporary file is left)."""
+    raise SystemExit(128 + signum)
+
+
+def _message(error: BaseException) -> str:
+    """The error in one line for the user: an OSError as `file: reason`, without its errno."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error) or "out of memory"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["export"]:
-        try:
-            return _export(argv[1:])
-        except (ConversionError, ConfigError, CheckpointFileError, FileExistsError) as error:
-            print(f"convert-checkpoint export: error: {error}", file=sys.stderr)
-            return 2
-    if argv[:1] == ["verify"]:
-        try:
-            return _verify(argv[1:])
-        except (ConversionError, ConfigError, CheckpointFileError, hub.DownloadError, FileNotFoundError) as error:
-            print(f"convert-checkpoint verify: error: {error}", file=sys.stderr)
-            return 2
-    args = _parser().parse_args(argv)
+    command = argv[0] if argv[:1] in (["export"], ["verify"]) else None
+    program = f"convert-checkpoint {command}" if command else "convert-checkpoint"
+    signals = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python handles signals
+    previous = {signum: signal.signal(signum, _stop) for signum in signals} if in_main_thread else {}
     try:
-        if args.list:
-            return _list_releases()
-        if args.download:
-            return _download(args)
-        if args.example:
-            if args.source or args.task or args.config:
-                raise ConfigError("--example takes no SRC, --task or --config")
-            return _run_example(Path(args.output) if args.output else EXAMPLE_OUTPUT, args.force)
-        if not args.source or not args.output:
-            _parser().print_usage(sys.stderr)
-            print("convert-checkpoint: error: SRC and -o DST are required (or --example)", file=sys.stderr)
-            return 2
-        if not args.task:
-            raise ConfigError(f"--task is required; one of {', '.join(sorted(TASKS))}")
-        report = convert_checkpoint(args.source, args.output, args.task, _read_config(args.config), args.force)
-        _print_report(report)
-        return 0
-    except (ConversionError, ConfigError, CheckpointFileError, hub.DownloadError, FileExistsError,
-            FileNotFoundError) as error:
-        print(f"convert-checkpoint: error: {error}", file=sys.stderr)
+        if command:
+            return {"export": _export, "verify": _verify}[command](argv[1:])
+        return _convert(argv)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError, ConversionError, ConfigError, CheckpointFileError) as error:
+        print(f"{program}: error: {_message(error)}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

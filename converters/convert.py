@@ -1,15 +1,17 @@
 """Haiku parameter trees -> PyTorch state_dicts (and back), with a ledger.
 
 The ledger holds conversion to account: every source leaf is used exactly once, every PyTorch
-parameter and buffer is filled exactly once, and every shape agrees. Any miss is one error listing the
-unused, unfilled and mis-shaped keys, before anything is written.
+parameter and buffer is filled exactly once, every shape agrees, and every dtype fits: floating
+parameters all in the checkpoint's one floating dtype, integer buffers (EMA counters) in an integer one.
+Any miss is one error listing the unused, unfilled, mis-shaped and mis-typed keys, before anything is
+written.
 
-Conversion needs numpy only. The PyTorch side of the ledger (the state_dict's names and shapes) comes
-from the model built on the meta device, which needs torch; a process that has not imported torch reads
-it from a small cache instead (`shapes/` in the `perceiver_io.hub` cache folder), keyed by the task, the
-configuration, the source of `perceiver_io` and the version of torch, and fills that cache the first
-time. Importing torch and building the model (whose first `normal_` on the meta device imports
-torch._dynamo) would take longer than the rest of a full-size conversion.
+Conversion needs numpy only. The PyTorch side of the ledger (the state_dict's names, shapes and whether
+each is floating) comes from the model built on the meta device, which needs torch; a process that has
+not imported torch reads it from a small cache instead (`shapes/` in the `perceiver_io.hub` cache
+folder), keyed by the task, the configuration, the source of `perceiver_io` and the version of torch,
+and fills that cache the first time. Importing torch and building the model (whose first `normal_` on
+the meta device imports torch._dynamo) would take longer than the rest of a full-size conversion.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 import perceiver_io
-from perceiver_io.atomic import atomic_output
+from perceiver_io.atomic import atomic_output, check_output
 from perceiver_io.checkpoint_file import (
     LateValue,
     PlannedTensor,
@@ -38,7 +41,7 @@ from perceiver_io.checkpoint_file import (
 from perceiver_io.configs import OfficialConfig, parse_config
 from perceiver_io.hub import get_cache_dir
 
-from .errors import MappingError
+from .errors import ConversionError, MappingError
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
 from .mapping import Rule, task_rules
 
@@ -50,21 +53,28 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def expected_torch_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the PyTorch model's state_dict, from the model built on the meta device, or,
-    in a process without torch, from the shape cache (filled the first time)."""
+class TorchTarget(NamedTuple):
+    """A tensor of the PyTorch model's state_dict: its shape, and whether it is floating (else integer)."""
+
+    shape: tuple[int, ...]
+    floating: bool
+
+
+def expected_torch_tensors(task: str, config: OfficialConfig) -> dict[str, TorchTarget]:
+    """The PyTorch model's state_dict by name, from the model built on the meta device, or, in a process
+    without torch, from the shape cache (filled the first time)."""
     if "torch" in sys.modules:
-        return _meta_model_shapes(task, config)
+        return _meta_model_tensors(task, config)
     cached = shape_cache_path(task, config)
     try:
         entry = json.loads(cached.read_text())
         if entry["task"] == task and entry["config"] == config.to_json():
-            return {key: tuple(shape) for key, shape in entry["shapes"].items()}
+            return {key: TorchTarget(tuple(shape), floating) for key, (shape, floating) in entry["tensors"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    shapes = _meta_model_shapes(task, config)
-    _write_atomically(cached, json.dumps({"task": task, "config": config.to_json(), "shapes": shapes}))
-    return shapes
+    tensors = _meta_model_tensors(task, config)
+    _write_atomically(cached, json.dumps({"task": task, "config": config.to_json(), "tensors": tensors}))
+    return tensors
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -78,22 +88,23 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def shape_cache_path(task: str, config: OfficialConfig) -> Path:
-    """Where the state_dict shapes of `task` with `config` are cached for this source of `perceiver_io` and
-    this version of torch."""
+    """Where the state_dict shapes and kinds of `task` with `config` are cached for this source of
+    `perceiver_io` and this version of torch."""
     key = hashlib.sha256(f"{task}\n{config.to_json()}\ntorch {importlib.metadata.version('torch')}\n".encode())
     for source in sorted(Path(perceiver_io.__file__).parent.glob("*.py")):
         key.update(source.name.encode() + b"\n" + source.read_bytes())
     return get_cache_dir() / "shapes" / f"{task}-{key.hexdigest()[:32]}.json"
 
 
-def _meta_model_shapes(task: str, config: OfficialConfig) -> dict[str, tuple[int, ...]]:
+def _meta_model_tensors(task: str, config: OfficialConfig) -> dict[str, TorchTarget]:
     import torch
 
     from perceiver_io.tasks import build_model
 
     with torch.device("meta"):
         model = build_model(task, config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return {key: TorchTarget(tuple(value.shape), value.is_floating_point())
+            for key, value in model.state_dict().items()}
 
 
 def _leaf(checkpoint: HaikuCheckpoint, rule: Rule) -> np.ndarray | None:
@@ -113,23 +124,31 @@ def _all_leaves(checkpoint: HaikuCheckpoint) -> set[tuple[str, str]]:
 def plan_conversion(checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig) -> list[PlannedTensor]:
     """The PyTorch tensors of `checkpoint`, checked by the ledger, each computed when it is written."""
     rules = task_rules(task, config)
-    expected = expected_torch_shapes(task, config)
+    expected = expected_torch_tensors(task, config)
     source = checkpoint.source or "the parameter tree"
 
-    missing = [f"{r.collection}:{r.haiku_key}" for r in rules if _leaf(checkpoint, r) is None]
+    leaves = [(rule, _leaf(checkpoint, rule)) for rule in rules]
+    missing = [f"{rule.collection}:{rule.haiku_key}" for rule, leaf in leaves if leaf is None]
     used = {(r.collection, r.haiku_key) for r in rules}
     unused = sorted(f"{collection}:{key}" for collection, key in _all_leaves(checkpoint) - used)
     targets = {r.torch_key for r in rules}
     unfilled = sorted(set(expected) - targets)
     unknown = sorted(targets - set(expected))
-    mismatched = []
-    for rule in rules:
-        leaf = _leaf(checkpoint, rule)
+    floating = Counter(leaf.dtype for _, leaf in leaves if leaf is not None and leaf.dtype.kind == "f")
+    dtype = floating.most_common(1)[0][0] if floating else np.dtype(np.float32)
+    mismatched, mistyped = [], []
+    for rule, leaf in leaves:
         if leaf is not None and rule.torch_key in expected:
-            want = rule.layout.haiku_shape(expected[rule.torch_key])
+            target = expected[rule.torch_key]
+            want = rule.layout.haiku_shape(target.shape)
             if tuple(leaf.shape) != want:
                 mismatched.append(f"{rule.haiku_key}: expected {want}, found {tuple(leaf.shape)}")
-    if missing or unused or unfilled or unknown or mismatched:
+            if target.floating and leaf.dtype != dtype:
+                mistyped.append(f"{rule.collection}:{rule.haiku_key}: expected {dtype}, found {leaf.dtype}")
+            elif not target.floating and leaf.dtype.kind not in "iu":
+                mistyped.append(f"{rule.collection}:{rule.haiku_key}: expected an integer dtype, found {leaf.dtype}")
+    misfit = missing or unused or unfilled or unknown or mismatched
+    if misfit or mistyped:
         problems = [
             f"{title} ({len(keys)}): {_listing(keys)}"
             for title, keys in (
@@ -138,23 +157,27 @@ def plan_conversion(checkpoint: HaikuCheckpoint, task: str, config: OfficialConf
                 ("unfilled PyTorch parameters", unfilled),
                 ("rules without a PyTorch parameter", unknown),
                 ("wrong shapes", mismatched),
+                ("wrong dtypes", mistyped),
             )
             if keys
         ]
+        if misfit:
+            problems.append("Check --task, and pass --config with the model's configuration (official colab keys) "
+                            "if it is not the released one.")
+        if mistyped:
+            problems.append(f"Cast every floating leaf to the checkpoint's floating dtype, {dtype}, and EMA counters "
+                            "to int32, then save the checkpoint again.")
         raise MappingError(
-            f"{source} does not match the {task} model with this configuration:\n  "
-            + "\n  ".join(problems)
-            + "\nCheck --task, and pass --config with the model's configuration (official colab keys) "
-            "if it is not the released one."
+            f"{source} does not match the {task} model with this configuration:\n  " + "\n  ".join(problems)
         )
     return [
         PlannedTensor(
             rule.torch_key,
-            expected[rule.torch_key],
-            _leaf(checkpoint, rule).dtype,
+            expected[rule.torch_key].shape,
+            leaf.dtype,
             lambda rule=rule: rule.layout.to_torch(_leaf(checkpoint, rule)),
         )
-        for rule in rules
+        for rule, leaf in leaves
     ]
 
 
@@ -214,8 +237,10 @@ def convert_checkpoint(
     """
     start = time.perf_counter()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --force to replace it")
+    if not isinstance(source, Mapping) and output.exists() and Path(source).exists() and output.samefile(source):
+        raise ConversionError(f"{output} is the source checkpoint {source} itself; write the conversion to "
+                              "another file")
+    check_output(output, overwrite)
     config = parse_config(task, config)
     checkpoint = load_haiku_checkpoint(source)
     tensors = plan_conversion(checkpoint, task, config)

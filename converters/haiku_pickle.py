@@ -21,8 +21,8 @@ scalar reconstructors). Any other global raises `UnsafePickleError` before it is
 names can run. Even the allowed names resolve to stand-ins of ours, never to numpy's objects: called or
 BUILT by a crafted file, `numpy.ndarray` and `numpy.dtype` themselves can be made to read pointers from
 the file's bytes. The stand-ins admit plain numeric dtypes and exact byte counts only, then let numpy
-build the array. One limit stays, shared with `pickle.load`: a damaged memo index makes CPython's
-unpickler allocate a huge table (MemoryError, or the OOM killer); compare `sha256` with the published one.
+build the array. The opcode scan refuses a memo index beyond the objects memoized so far, for which
+CPython's unpickler would allocate a table of that size (a 9-byte file can ask for gigabytes).
 
 Memory and time: a pickle is mapped into memory (copy-on-write), never copied. Its opcodes are scanned
 first, and each large bytes payload (an array's data, 64 KiB or more) is handed to the unpickler as a
@@ -47,6 +47,7 @@ import mmap
 import os
 import pickle
 import pickletools
+import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -239,6 +240,9 @@ _ALLOWED_GLOBALS = {
 
 _EXPECTED_LAYOUT = "{module_path: {leaf_name: array}} or {'params': ..., 'state': ...}"
 
+_BFLOAT16_ADVICE = ("bfloat16 checkpoints are not supported: cast the parameters to float32 in JAX first "
+                    "(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)) and save them again")
+
 _FOREIGN_HEADERS = {
     b"\x1f\x8b": "it is gzip-compressed: decompress it first",
     b"version https://git-lfs": "it is a Git LFS pointer, not the file itself: run `git lfs pull`",
@@ -252,8 +256,9 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
 
     Raises FileNotFoundError for a missing file, UnsafePickleError for a pickle that asks for a global
     outside the allow-list, and CheckpointFormatError (naming the file) for anything else that is not a
-    two-level tree of numeric arrays: empty, truncated or foreign files, a top level that is not a
-    mapping, a module entry that is not a mapping, a leaf that is not a numeric array.
+    two-level tree of numeric arrays: a directory or special file, empty, truncated or foreign files, a top
+    level that is not a mapping, a module entry that is not a mapping, a leaf that is not a numeric array
+    (bfloat16 included). Big-endian leaves become native.
     """
     if isinstance(source, Mapping):
         params, state = _split_params_and_state(source, "the in-memory Haiku tree")
@@ -262,12 +267,16 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
         raise TypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
     path = os.fspath(source)
     try:
-        file = open(path, "rb")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(
             f"no Haiku checkpoint at {path}: check the path, or download the released file first"
         ) from None
-    with file:
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+        raise CheckpointFormatError(f"{path} is {kind}, not a regular file: give the path of the checkpoint file")
+    with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size == 0:
             raise CheckpointFormatError(
@@ -352,6 +361,9 @@ class _AllowListUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
+        if name == "bfloat16":  # refused unresolved too, with the reason that matters here
+            raise CheckpointFormatError(f"the pickle holds bfloat16 arrays (global {module}.{name}); "
+                                        f"{_BFLOAT16_ADVICE}")
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -431,10 +443,11 @@ def _scan_opcodes(data: mmap.mmap | bytearray, path: str) -> tuple[bytes, list[_
     """The pickle's opcodes up to STOP, with each BINBYTES/BINBYTES8 payload of 64 KiB or more replaced by
     `BININT k BINPERSID` (k-th payload), and without FRAME opcodes (their lengths would no longer hold).
 
-    Only argument lengths are read here; everything else is left to the unpickler. Refuses persistent ids
-    (Haiku checkpoints have none) and unknown opcodes."""
+    Only argument lengths and memo indices are read here; everything else is left to the unpickler. Refuses
+    persistent ids (Haiku checkpoints have none), unknown opcodes, and a memo index beyond the objects
+    memoized so far (the unpickler would allocate a memo table of that size)."""
     opcodes, payloads, view = bytearray(), [], memoryview(data)
-    size, position = len(data), 0
+    size, position, memoized = len(data), 0, 0
     while True:
         if position >= size:
             raise _Truncated(f"no STOP opcode before the end of the file ({size} bytes)")
@@ -474,11 +487,28 @@ def _scan_opcodes(data: mmap.mmap | bytearray, path: str) -> tuple[bytes, list[_
                 continue
         if end > size:
             raise _Truncated(f"{op.name} at byte {start} needs {end - size} bytes more than the file has")
+        if op.name == "MEMOIZE":
+            memoized += 1
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            index = _memo_index(op, data[position:end], path, start)
+            if index > memoized:
+                raise CheckpointFormatError(f"{path} is a corrupt pickle; delete it and fetch it again ({op.name} at "
+                                            f"byte {start} stores memo entry {index:,}, but only {memoized} objects "
+                                            "are memoized before it)")
+            memoized = max(memoized, index + 1)
         if op.name != "FRAME":
             opcodes += data[start:end]
         position = end
         if op.name == "STOP":
             return bytes(opcodes), payloads
+
+
+def _memo_index(op: pickletools.OpcodeInfo, argument: bytes, path: str, start: int) -> int:
+    try:
+        return op.arg.reader(io.BytesIO(argument))
+    except ValueError as error:
+        raise CheckpointFormatError(f"{path} is a corrupt pickle; delete it and fetch it again ({op.name} at byte "
+                                    f"{start}: {error})") from None
 
 
 def _check_pickle_header(head: bytes, path: str) -> None:
@@ -503,11 +533,8 @@ def _unpickle(data: mmap.mmap | bytearray, path: str) -> Any:
     except (UnsafePickleError, OSError):
         raise
     except MemoryError as error:
-        raise MemoryError(
-            f"out of memory while unpickling {path} ({len(data)} bytes): the machine lacks the memory for "
-            "it, or the file is corrupt (a damaged memo index makes the unpickler allocate a huge table); "
-            "compare its sha256 with the published one"
-        ) from error
+        raise MemoryError(f"out of memory while unpickling {path} ({len(data):,} bytes): the machine lacks the "
+                          "memory for it") from error
     except CheckpointFormatError as error:  # from the stand-ins, which do not know the path
         raise CheckpointFormatError(f"{path}: {error}") from None
     except Exception as error:
@@ -595,9 +622,12 @@ def _validated_leaf(leaf: Any, where: str) -> np.ndarray:
         array = np.asarray(leaf)
     except Exception as error:
         raise CheckpointFormatError(f"{where} cannot be read as an array: {error}") from error
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
+        raise CheckpointFormatError(f"{where} has dtype {array.dtype} (bfloat16, or the 2 raw bytes numpy saves "
+                                    f"it as); {_BFLOAT16_ADVICE}")
     if array.dtype.kind not in "biufc":
         raise CheckpointFormatError(f"{where} has dtype {array.dtype}, expected a numeric (bool, int, float) array")
-    return array
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def _described(value: Any) -> str:

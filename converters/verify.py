@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import ConfigError, OfficialConfig
 from perceiver_io.tasks import parse_config
 
@@ -58,17 +59,6 @@ STAGE_ORDER = (
 )
 """The compared stages in the order the data flows (`encoder_self_attention_{k}` one per application,
 per-modality stages as `name/modality`). `z` equals the last self-attention and is left out."""
-
-CALL_KEYS = {
-    "language_mlm": ("inputs", "input_mask"),
-    "imagenet_learned": ("images",),
-    "imagenet_fourier": ("images",),
-    "imagenet_conv": ("images",),
-    "optical_flow": ("images",),
-    "multimodal_autoencoding": ("images", "audio", "subsampling"),
-    "perceiver": ("inputs",),
-}
-"""The official call's keyword arguments of each task (those of `haiku_reference.tasks.build`'s apply)."""
 
 REFERENCE_FORMAT = "perceiver-io-reference/1"
 
@@ -161,16 +151,72 @@ def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[st
     inputs = _unflatten(flat)
     if task == "multimodal_autoencoding" and "subsampling" not in inputs:
         inputs["subsampling"] = first_chunk(parse_config(task, config))
-    check_inputs(task, inputs, str(path))
+    check_inputs(task, config, inputs, str(path))
     return inputs
 
 
-def check_inputs(task: str, inputs: Mapping[str, Any], where: str) -> None:
-    expected = set(CALL_KEYS[task])
-    if set(inputs) != expected:
-        raise ConfigError(
-            f"{where}: the {task} model takes {sorted(expected)}, found {sorted(inputs)}"
-        )
+DTYPE_KINDS = {"integer": "iu", "floating": "f", "numeric": "biuf"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One array of the official call: its layout (ints are required sizes, strings name free ones; "B", the
+    batch, is the same in every input), its kind of dtype (a key of `DTYPE_KINDS`), what it holds, and for
+    indices the bound they must stay below."""
+
+    layout: tuple[int | str, ...]
+    dtype: str
+    what: str
+    bound: int | None = None
+
+
+def input_specs(task: str, config: OfficialConfig | Mapping[str, Any] | None) -> dict[str, InputSpec]:
+    """The arrays of the official call of `task` under `config` (those of `haiku_reference.tasks.build`'s
+    apply), nested ones as `name/key`: the layouts the PyTorch task models check."""
+    parsed = parse_config(task, config)
+    if task == "language_mlm":
+        tokens = ("B", parsed.max_seq_len)
+        return {
+            "inputs": InputSpec(tokens, "integer", f"token ids padded to {parsed.max_seq_len}", parsed.vocab_size),
+            "input_mask": InputSpec(tokens, "numeric", "1 = token, 0 = padding"),
+        }
+    if task.startswith("imagenet"):
+        return {"images": InputSpec(("B", "H", "W", 3), "floating", "normalised images, channels last")}
+    if task == "optical_flow":
+        return {"images": InputSpec(("B", 2, *parsed.train_size, 3), "floating", "frame pairs in [-1,1]")}
+    if task == "multimodal_autoencoding":
+        return {
+            "images": InputSpec(("B", *parsed.image_shape, 3), "floating", "video frames in [0,1]"),
+            "audio": InputSpec(("B", parsed.num_audio_samples, 1), "floating", "audio in [-1,1]"),
+            "subsampling/image": InputSpec(("N",), "integer", "image points", math.prod(parsed.image_shape)),
+            "subsampling/audio": InputSpec(("N",), "integer", "audio patches",
+                                           parsed.num_audio_samples // parsed.samples_per_patch),
+        }
+    return {"inputs": InputSpec(("B", *parsed.input_shape), "floating", "the config's input_shape")}
+
+
+def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any],
+                 where: str) -> None:
+    """Raises ConfigError, naming `where` and the array, unless `inputs` are the official call's arrays of
+    `task` with the layouts, dtypes and index ranges of `input_specs`."""
+    specs, arrays = input_specs(task, config), _flat(inputs)
+    if set(arrays) != set(specs):
+        raise ConfigError(f"{where}: the {task} model takes {sorted(specs)}, found {sorted(arrays)}")
+    for name, spec in specs.items():
+        array = arrays[name]
+        expected = f"[{','.join(map(str, spec.layout))}] ({spec.what})"
+        if array.ndim != len(spec.layout) or any(
+            isinstance(size, int) and size != found for size, found in zip(spec.layout, array.shape)
+        ):
+            raise ConfigError(f"{where}: {name} has shape {list(array.shape)}, expected {expected}")
+        if array.dtype.kind not in DTYPE_KINDS[spec.dtype]:
+            raise ConfigError(f"{where}: {name} has dtype {array.dtype}, expected {spec.dtype} {expected}")
+        if spec.bound is not None and array.size and not 0 <= array.min() <= array.max() < spec.bound:
+            raise ConfigError(f"{where}: {name} holds values from {array.min()} to {array.max()}, expected values "
+                              f"in [0, {spec.bound}) ({spec.what})")
+    batches = {name: arrays[name].shape[0] for name, spec in specs.items() if spec.layout[0] == "B"}
+    if len(set(batches.values())) > 1:
+        raise ConfigError(f"{where}: the inputs' batch sizes differ: {batches}; give each the same batch")
 
 
 def torch_inputs(task: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,12 +231,19 @@ def torch_inputs(task: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
 def _read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
     """Every array of an npz file by name; a missing or unreadable file is an error naming `what` it is."""
     try:
-        with np.load(path) as arrays:
+        arrays = np.load(path)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise ConfigError(f"{what} file {path} holds a single array (.npy), not an npz archive of named "
+                              "arrays; write it with np.savez(path, name=array, ...)")
+        with arrays:
             return {name: arrays[name] for name in arrays.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{what} file {path} is not a readable npz file: {error}") from None
+    except (ConfigError, MemoryError):
+        raise
+    except Exception as error:  # numpy's and zipfile's errors for a truncated or foreign file
+        raise ConfigError(f"{what} file {path} is not a readable npz archive of named arrays (np.savez) "
+                          f"({type(error).__name__}: {error})") from None
 
 
 def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -228,15 +281,15 @@ class Reference:
     stages: dict[str, np.ndarray]
     origin: str
 
-    def save(self, path: str | Path) -> Path:
-        """Writes an npz file: `inputs/<name>`, `stages/<name>` and a JSON header under `__meta__`."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Writes an npz file: `inputs/<name>`, `stages/<name>` and a JSON header under `__meta__`. Atomic; an
+        existing file is kept (FileExistsError) unless `overwrite`."""
         meta = {"format": REFERENCE_FORMAT, "task": self.task, "config": self.config, "origin": self.origin}
         arrays = {f"inputs/{name}": value for name, value in _flat(self.inputs).items()}
         arrays.update({f"stages/{name}": value for name, value in self.stages.items()})
-        path = Path(path)
-        with path.open("wb") as file:
+        with atomic_output(path, overwrite) as file:
             np.savez_compressed(file, __meta__=np.array(json.dumps(meta)), **arrays)
-        return path
+        return Path(path)
 
 
 def compute_reference(
@@ -260,12 +313,13 @@ def load_reference(path: str | Path) -> Reference:
         meta = json.loads(str(flat.pop("__meta__")))
         if meta["format"] != REFERENCE_FORMAT:
             raise ValueError(f"format {meta['format']!r}")
-    except (KeyError, ValueError) as error:
+        task, config, origin = meta["task"], meta["config"], meta["origin"]
+    except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{path} is not a reference file written by verify --save-reference ({error})") from None
     inputs = _unflatten({name[len("inputs/"):]: value for name, value in flat.items() if name.startswith("inputs/")})
     stages = {name[len("stages/"):]: value for name, value in flat.items() if name.startswith("stages/")}
-    check_inputs(meta["task"], inputs, str(path))
-    return Reference(meta["task"], meta["config"], inputs, stages, f"{meta['origin']}, saved in {path}")
+    check_inputs(task, config, inputs, str(path))
+    return Reference(task, config, inputs, stages, f"{origin}, saved in {path}")
 
 
 # ----------------------------------------------------------------------------------------------------

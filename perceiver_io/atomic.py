@@ -21,7 +21,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool =
     `path` with the mode `open` gives.
     """
     path = Path(path)
-    _check_replaceable(path, overwrite)
+    check_output(path, overwrite)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -38,7 +38,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool =
         raise
 
 
-def _check_replaceable(path: Path, overwrite: bool) -> None:
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raises, as `atomic_output` would, unless a file may be written at `path`: nothing there, or a
+    regular file and `overwrite`. For a check before long work whose result goes to `path`."""
     if not os.path.lexists(path):
         return
     try:
@@ -50,7 +52,7 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
     if not stat.S_ISREG(mode):
         raise FileExistsError(f"{path} exists and is not a regular file; it is never replaced")
     if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--force) to replace it")
+        raise FileExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it")
 
 
 def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
@@ -63,7 +65,7 @@ def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
     except FileExistsError:
         raise FileExistsError(f"{path} appeared while it was being written; it was kept") from None
     except OSError:  # a file system without hard links
-        _check_replaceable(path, overwrite=False)
+        check_output(path)
         os.replace(temporary, path)
         return
     temporary.unlink()

@@ -4,7 +4,9 @@
 the official URL (`RELEASE_BASE_URL` + file name), the parameter count of the official manifest (4 bytes
 each in float32), a sha256 where one is known, and optional mirrors: other URLs, and a Google Drive file
 fetched with gdown (`pip install 'perceiver-io-port[download]'`). No sha256 is published for these files,
-so the table has none; the first download records one in the cache, and every later use checks it.
+so the table has none; the first download records one in the cache, and every later use checks it. A file
+put in the cache by hand is used as it is, and its sha256 is not recorded: were that copy damaged, the
+download that replaces it must not be held to its checksum.
 
 Cache layout, in `get_cache_dir()` (`cache_dir=`, else `$PERCEIVER_IO_CACHE`, else
 `$XDG_CACHE_HOME/perceiver_io`, else `~/.cache/perceiver_io`):
@@ -12,7 +14,7 @@ Cache layout, in `get_cache_dir()` (`cache_dir=`, else `$PERCEIVER_IO_CACHE`, el
     language_perceiver_io_bytes.pickle           the released file as downloaded, checksum verified
     language_perceiver_io_bytes.pickle.partial   an interrupted download; the next download resumes it
     language_mlm.safetensors                     converted once (`perceiver_io.load("language_mlm")`)
-    checksums.json                               {file name: sha256}, recorded on the first download
+    checksums.json                               {file name: sha256}, recorded by the first download
     .locks/                                      one lock file per release (fcntl, so POSIX only)
 
 A file in the cache is used without touching the network, so a released file copied there by hand works
@@ -199,16 +201,13 @@ def download_converted(name: str, *, cache_dir: str | os.PathLike | None = None,
 def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> Path:
     """`download` under the release's lock."""
     target = folder / release.file_name
-    expected = release.sha256 or _recorded_checksums(folder).get(release.file_name)
+    expected = _expected_sha256(release, folder)
     if target.exists():
-        actual = _sha256(target)
-        if expected and actual != expected:
+        if expected and (actual := _sha256(target)) != expected.sha256:
             raise ChecksumError(
                 f"the cached {target} has sha256 {actual}, but {release.name} must have {expected}; "
                 "delete it to download it again"
             )
-        if not expected:
-            _record_checksum(folder, release.file_name, actual)
         return target
     partial = target.with_name(f"{target.name}.partial")
     failures: list[DownloadError] = []
@@ -230,14 +229,34 @@ def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> P
     raise _failure(release, target, partial, failures)
 
 
-def _install(downloaded: Path, target: Path, expected: str | None, url: str) -> None:
+@dataclass(frozen=True)
+class _ExpectedSha256:
+    """The sha256 a release's file must have, and where it comes from (shown in every ChecksumError)."""
+
+    sha256: str
+    origin: str
+
+    def __str__(self) -> str:
+        return f"{self.sha256} ({self.origin})"
+
+
+def _expected_sha256(release: Release, folder: Path) -> _ExpectedSha256 | None:
+    """The registry's sha256, else the one the first download recorded in the cache's checksums.json."""
+    if release.sha256:
+        return _ExpectedSha256(release.sha256, "perceiver_io.hub.RELEASES")
+    recorded = _recorded_checksums(folder).get(release.file_name)
+    if recorded is None:
+        return None
+    return _ExpectedSha256(recorded, f"recorded in {folder / CHECKSUMS_FILE} by an earlier download; if that "
+                           f"download was damaged, delete its entry {release.file_name!r} there")
+
+
+def _install(downloaded: Path, target: Path, expected: _ExpectedSha256 | None, url: str) -> None:
     """Checks `downloaded` against `expected` (recording its sha256 if none is known), then renames it."""
     actual = _sha256(downloaded)
-    if expected and actual != expected:
+    if expected and actual != expected.sha256:
         downloaded.unlink()
-        raise ChecksumError(
-            f"{url}: the downloaded file has sha256 {actual}, expected {expected}; it was deleted"
-        )
+        raise ChecksumError(f"{url}: the downloaded file has sha256 {actual}, expected {expected}; it was deleted")
     os.replace(downloaded, target)
     if not expected:
         _record_checksum(target.parent, target.name, actual)
@@ -281,7 +300,11 @@ def _http_attempt(url: str, partial: Path, name: str, options: DownloadOptions) 
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=options.timeout)
+        request = urllib.request.Request(url, headers=headers)
+    except ValueError as error:
+        raise DownloadError(f"{url} is not a URL ({error}); check ${BASE_URL_ENV} (or base_url=)") from None
+    try:
+        response = urllib.request.urlopen(request, timeout=options.timeout)
     except urllib.error.HTTPError as error:
         with error:
             if error.code == 416 and offset:
@@ -420,6 +443,9 @@ def _locked(path: Path, waiting_message: str | None = None) -> Iterator[None]:
 
 
 def _release_lock(folder: Path, release: Release, quiet: bool) -> contextlib.AbstractContextManager[None]:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"the cache folder {folder} is a file, not a folder: set ${CACHE_ENV} (or "
+                                 "cache_dir=) to a folder")
     waiting = None if quiet or not sys.stderr.isatty() else (
         f"waiting for another process that is fetching {release.file_name} into {folder}"
     )

@@ -90,7 +90,7 @@ def _reference(task: str, folder: Path, args: argparse.Namespace):
     reference = compute_reference(checkpoint, task, config, read_inputs(folder / "inputs.npz", task, config))
     if args.save_references:
         args.save_references.mkdir(parents=True, exist_ok=True)
-        reference.save(args.save_references / f"{task}.npz")
+        reference.save(args.save_references / f"{task}.npz", overwrite=True)
     return reference, config
 
 

@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from converters.cli import main
 from converters.convert import convert_checkpoint, convert_tree, export_tree
@@ -170,3 +171,50 @@ def test_cli_export_writes_back_the_original_tree(golden_language, language_tree
                 np.testing.assert_array_equal(back.params[module][name], value)
         assert main(["export", str(converted), "-o", str(exported)]) == 2
         assert "--force" in capsys.readouterr().err
+
+
+def _save_npz(path, tree, dtypes=None):
+    """`tree` as an npz file with the documented keys, each leaf cast to `dtypes.get(key, its dtype)`."""
+    dtypes = dtypes or {}
+    np.savez(path, **{f"params/{module}/{name}": leaf.astype(dtypes.get(f"{module}/{name}", leaf.dtype))
+                      for module, leaves in tree.items() for name, leaf in leaves.items()})
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool"])
+def test_non_floating_leaves_are_refused_naming_them(golden_language, language_tree, workdir, capsys, dtype):
+    source = workdir / "src" / f"{dtype}.npz"
+    _save_npz(source, language_tree, dict.fromkeys(["embed/embeddings", "trainable_position_encoding/pos_embs"], dtype))
+    with pytest.raises(MappingError, match=rf"wrong dtypes \(2\): params:embed/embeddings: expected float32, found "
+                       rf"{dtype}, params:trainable_position_encoding/pos_embs: expected float32, found {dtype}\n"
+                       r"  Cast every floating leaf to the checkpoint's floating dtype, float32"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    code, printed = _convert_cli(source, workdir, golden_language, capsys)
+    assert code == 2 and f"found {dtype}" in printed.err
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_a_leaf_of_another_floating_dtype_is_refused_naming_it(golden_language, language_tree, workdir):
+    source = workdir / "src" / "mixed.npz"
+    _save_npz(source, language_tree, {"embed/embeddings": "float64"})
+    with pytest.raises(MappingError, match=r"configuration:\n  wrong dtypes \(1\): params:embed/embeddings: "
+                       r"expected float32, found float64\n  Cast every floating leaf"):
+        convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+
+
+@pytest.mark.parametrize("dtype, loaded", [("float16", "float16"), (">f4", "float32")])
+def test_float16_checkpoints_and_big_endian_leaves_convert(golden_language, language_tree, workdir, dtype, loaded):
+    source = workdir / "src" / "cast.npz"
+    _save_npz(source, language_tree, {f"{m}/{n}": dtype for m, leaves in language_tree.items() for n in leaves})
+    convert_checkpoint(source, workdir / "out.safetensors", "language_mlm", golden_language.config)
+    weight = load(workdir / "out.safetensors").perceiver.input_preprocessor.token_embedding.weight
+    assert weight.dtype == getattr(torch, loaded)
+    np.testing.assert_array_equal(weight.detach().numpy(), language_tree["embed"]["embeddings"].astype(dtype))
+
+
+def test_the_source_itself_is_never_the_output(golden_language, workdir, capsys):
+    source = workdir / "src" / "model.pickle"
+    source.write_bytes(golden_language.checkpoint.read_bytes())
+    for output in (source, workdir / "src" / "." / "model.pickle"):
+        code = main([str(source), "-o", str(output), "--task", "language_mlm", "--force"])
+        assert code == 2 and "is the source checkpoint" in capsys.readouterr().err
+    assert source.read_bytes() == golden_language.checkpoint.read_bytes()

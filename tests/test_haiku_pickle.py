@@ -312,12 +312,18 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
         "no_modules": (pickle.dumps({}, protocol=3), "holds no modules"),
         "npz_wrong_keys": (npz.read_bytes(), "'linear/w'"),
         "truncated_npz": (npz.read_bytes()[:100], "npz"),
+        # LONG_BINPUT 2**31-1 on an empty memo: CPython's unpickler would allocate a memo table of 16 GiB.
+        "huge_memo_index": (pickle.PROTO + b"\x03" + pickle.NONE + pickle.LONG_BINPUT + b"\xff\xff\xff\x7f"
+                            + pickle.STOP, "LONG_BINPUT at byte 3 stores memo entry 2,147,483,647, but only 0"),
+        "memo_index_skipping_ahead": (pickle.PROTO + b"\x03" + pickle.NONE + pickle.BINPUT + b"\x00" + pickle.NONE
+                                      + pickle.PUT + b"5\n" + pickle.STOP, "PUT at byte 6 stores memo entry 5"),
     }
 
 
 BROKEN_CASES = [
     "truncated", "empty", "random", "random_after_header", "html", "list", "string_leaf", "module_not_mapping",
     "object_leaf", "three_levels", "container_extra_key", "no_modules", "npz_wrong_keys", "truncated_npz",
+    "huge_memo_index", "memo_index_skipping_ahead",
 ]
 
 
@@ -345,6 +351,42 @@ def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "absent.pickle"
     with pytest.raises(FileNotFoundError, match="absent.pickle"):
         load_haiku_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a device", "a FIFO"])
+def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path, kind, request):
+    path = {"a directory": tmp_path / "folder.pickle", "a device": Path("/dev/zero"),
+            "a FIFO": tmp_path / "fifo.pickle"}[kind]
+    if kind == "a directory":
+        path.mkdir()
+    if kind == "a FIFO":
+        os.mkfifo(path)
+        writer = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # so that opening it to read could not block
+        request.addfinalizer(lambda: os.close(writer))
+    with pytest.raises(CheckpointFormatError, match=f"{path} is {kind}, not a regular file"):
+        load_haiku_checkpoint(path)
+
+
+def test_bfloat16_checkpoints_are_refused_with_advice(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    tree = {"linear": {"w": np.ones(3, ml_dtypes.bfloat16)}}
+    pickled, npz = tmp_path / "bfloat16.pickle", tmp_path / "bfloat16.npz"
+    pickled.write_bytes(pickle.dumps(tree, protocol=3))
+    np.savez(npz, **{"params/linear/w": tree["linear"]["w"]})  # numpy writes bfloat16 as |V2
+    for path, found in ((pickled, "global ml_dtypes.bfloat16"), (npz, r"dtype \|V2")):
+        with pytest.raises(CheckpointFormatError, match=f"{found}.*bfloat16 checkpoints are not supported: cast the "
+                           "parameters to float32 in JAX first") as raised:
+            load_haiku_checkpoint(path)
+        assert not isinstance(raised.value, UnsafePickleError) and str(path) in str(raised.value)
+
+
+def test_big_endian_leaves_become_native(tmp_path):
+    values = np.arange(6, dtype=">f4").reshape(2, 3)
+    path = tmp_path / "big_endian.npz"
+    np.savez(path, **{"params/linear/w": values})
+    for source in (path, {"linear": {"w": values}}):
+        leaf = load_haiku_checkpoint(source).params["linear"]["w"]
+        assert leaf.dtype == np.float32 and leaf.dtype.isnative and np.array_equal(leaf, values)
 
 
 # --- npz and in-memory trees --------------------------------------------------------------------------

@@ -249,13 +249,16 @@ def test_corrupt_download_is_rejected_by_checksum_and_nothing_is_kept(known_from
     if known_from == "registry":
         monkeypatch.setitem(hub.RELEASES, "language_mlm",
                             replace(hub.RELEASES["language_mlm"], sha256=sha256(released_bytes)))
-        expected_listing = []
+        expected_listing, origin = [], "perceiver_io.hub.RELEASES"
     else:
         hub.download("language_mlm", **FAST).unlink()
         expected_listing = [hub.CHECKSUMS_FILE]
+        origin = f"recorded in {cache / hub.CHECKSUMS_FILE} by an earlier download"
     server.script[FILE_PATH] = ["corrupt"]
-    with pytest.raises(hub.ChecksumError, match=f"expected {sha256(released_bytes)}; it was deleted"):
+    with pytest.raises(hub.ChecksumError) as failure:
         hub.download("language_mlm", **FAST)
+    assert f"expected {sha256(released_bytes)} ({origin}" in str(failure.value)
+    assert "); it was deleted" in str(failure.value)
     assert cache_listing(cache) == expected_listing
 
     assert hub.download("language_mlm", **FAST).read_bytes() == released_bytes  # the next try starts afresh
@@ -264,8 +267,33 @@ def test_corrupt_download_is_rejected_by_checksum_and_nothing_is_kept(known_from
 def test_corrupt_cached_file_is_refused(cache, server):
     path = hub.download("language_mlm", **FAST)
     path.write_bytes(b"\x80\x03damaged")
-    with pytest.raises(hub.ChecksumError, match=f"the cached {path} has sha256 .* delete it to download it again"):
+    with pytest.raises(hub.ChecksumError, match=f"the cached {path} has sha256 .*recorded in "
+                       f"{cache / hub.CHECKSUMS_FILE} by an earlier download.* delete it to download it again"):
         hub.download("language_mlm", **FAST)
+
+
+def test_a_damaged_file_put_by_hand_does_not_block_the_download_that_replaces_it(cache, server, released_bytes):
+    cache.mkdir()
+    by_hand = cache / LANGUAGE.file_name
+    by_hand.write_bytes(released_bytes[: len(released_bytes) // 2])
+    assert hub.download("language_mlm", **FAST) == by_hand  # used as it is: no checksum is known
+    by_hand.unlink()  # as the conversion's error about the truncated file says
+    assert hub.download("language_mlm", **FAST).read_bytes() == released_bytes
+    assert json.loads((cache / hub.CHECKSUMS_FILE).read_text()) == {LANGUAGE.file_name: sha256(released_bytes)}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("base_url", "notaurl/language_perceiver_io_bytes.pickle is not a URL (unknown url type"),
+    ("cache_is_a_file", "the cache folder {cache} is a file, not a folder: set $PERCEIVER_IO_CACHE"),
+])
+def test_misconfigured_download_exits_2_with_a_message(cache, server, capsys, monkeypatch, setting, message):
+    if setting == "base_url":
+        monkeypatch.setenv(hub.BASE_URL_ENV, "notaurl")
+    else:
+        cache.write_bytes(b"")
+    assert main(["--download", "--task", "language_mlm"]) == 2
+    assert message.format(cache=cache) in capsys.readouterr().err
+    assert server.requests == []
 
 
 def test_missing_file_names_the_url_and_where_to_put_it(cache, server):
@@ -301,7 +329,7 @@ def test_cached_and_hand_placed_files_are_used_without_network(cache, server, re
     by_hand.mkdir()
     (by_hand / LANGUAGE.file_name).write_bytes(released_bytes)
     assert hub.download("language_mlm", cache_dir=by_hand, **FAST) == by_hand / LANGUAGE.file_name
-    assert json.loads((by_hand / hub.CHECKSUMS_FILE).read_text()) == {LANGUAGE.file_name: sha256(released_bytes)}
+    assert not (by_hand / hub.CHECKSUMS_FILE).exists()  # only a download records a checksum
     assert len(server.requests) == 1
 
 

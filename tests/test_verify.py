@@ -240,6 +240,9 @@ def test_reference_config_of_each_release_builds_the_released_parameter_tree():
         assert ours == official, task
 
 
+LANGUAGE_FILE = ["__GOLDEN__", "--task", "language_mlm", "--config", "__CONFIG__"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -249,14 +252,57 @@ def test_reference_config_of_each_release_builds_the_released_parameter_tree():
         (["__GOLDEN__"], "--task is required"),
         (["__GOLDEN__", "--task", "language_mlm", "--inputs", "__IMAGES__"], "takes ['input_mask', 'inputs']"),
         (["__GOLDEN__", "--task", "language_mlm", "--reference", "__IMAGES__"], "not a reference file"),
+        (["__FOLDER__", "--task", "language_mlm"], "__FOLDER__ is a directory, not a regular file"),
+        ([*LANGUAGE_FILE, "--inputs", "__TRUNCATED__"], "inputs file __TRUNCATED__ is not a readable npz archive"),
+        ([*LANGUAGE_FILE, "--reference", "__TRUNCATED__"], "reference file __TRUNCATED__ is not a readable npz"),
+        ([*LANGUAGE_FILE, "--inputs", "__NPY__"], "inputs file __NPY__ holds a single array (.npy), not an npz"),
+        ([*LANGUAGE_FILE, "--inputs", "__SHORT__"], "__SHORT__: inputs has shape [3, 32], expected [B,64] (token ids"),
+        ([*LANGUAGE_FILE, "--inputs", "__ROW__"], "__ROW__: inputs has shape [64], expected [B,64]"),
+        ([*LANGUAGE_FILE, "--inputs", "__FLOAT__"], "__FLOAT__: inputs has dtype float32, expected integer [B,64]"),
+        ([*LANGUAGE_FILE, "--inputs", "__VOCAB__"], "__VOCAB__: inputs holds values from 0 to 262, expected values in "
+         "[0, 262)"),
+        ([*LANGUAGE_FILE, "--inputs", "__BATCH__"], "__BATCH__: the inputs' batch sizes differ"),
     ],
 )
-def test_bad_input_exits_2(args, message, capsys):
+def test_bad_input_exits_2(args, message, capsys, tmp_path):
     golden = Golden("language_mlm")
-    replacements = {"__GOLDEN__": str(golden.checkpoint), "__IMAGES__": str(GOLDEN / "imagenet_conv" / "inputs.npz")}
+    ids, mask = golden.inputs["inputs"], golden.inputs["input_mask"]
+    replacements = {"__GOLDEN__": str(golden.checkpoint), "__IMAGES__": str(GOLDEN / "imagenet_conv" / "inputs.npz"),
+                    "__CONFIG__": str(golden.folder / "reduced_config.json"), "__FOLDER__": str(tmp_path / "folder"),
+                    "__TRUNCATED__": str(tmp_path / "truncated.npz"), "__NPY__": str(tmp_path / "inputs.npy")}
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "truncated.npz").write_bytes((golden.folder / "inputs.npz").read_bytes()[:200])
+    np.save(tmp_path / "inputs.npy", ids)
+    vocab = ids.copy()
+    vocab[0, 0] = 262
+    for name, inputs in {"SHORT": (ids[:, :32], mask[:, :32]), "ROW": (ids[0], mask[0]), "VOCAB": (vocab, mask),
+                         "FLOAT": (ids.astype(np.float32), mask), "BATCH": (ids, mask[:2])}.items():
+        replacements[f"__{name}__"] = str(tmp_path / f"{name.lower()}.npz")
+        np.savez(replacements[f"__{name}__"], inputs=inputs[0], input_mask=inputs[1])
     status = main(["verify", *[replacements.get(arg, arg) for arg in args]])
     error = capsys.readouterr().err
+    for placeholder, value in replacements.items():
+        message = message.replace(placeholder, value)
     assert status == 2 and message in error, error
+
+
+def test_save_reference_replaces_a_file_only_with_force_and_atomically(capsys, tmp_path, monkeypatch):
+    golden = Golden("language_mlm")
+    path = tmp_path / "reference.npz"
+    path.write_bytes(b"precious")
+    save = ["verify", *_golden_args(golden), "--save-reference", str(path)]
+    assert main(save) == 2 and f"{path} already exists; pass --force" in capsys.readouterr().err
+
+    def disk_full(file, **arrays):
+        file.write(b"half a reference")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    assert main([*save, "--force"]) == 2
+    assert f"cannot write {path}: No space left on device" in capsys.readouterr().err
+    assert path.read_bytes() == b"precious" and list(tmp_path.iterdir()) == [path]
+    monkeypatch.undo()
+    assert main([*save, "--force"]) == 0 and load_reference(path).task == "language_mlm"
 
 
 def test_converted_file_of_another_task_or_config_exits_2(references, capsys, tmp_path):
