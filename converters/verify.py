@@ -29,6 +29,7 @@ from torch import nn
 
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import ConfigError, OfficialConfig
+from perceiver_io.inputs import fits_layout
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
@@ -205,9 +206,7 @@ def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, i
     for name, spec in specs.items():
         array = arrays[name]
         expected = f"[{','.join(map(str, spec.layout))}] ({spec.what})"
-        if array.ndim != len(spec.layout) or any(
-            isinstance(size, int) and size != found for size, found in zip(spec.layout, array.shape)
-        ):
+        if not fits_layout(array.shape, spec.layout):
             raise ConfigError(f"{where}: {name} has shape {list(array.shape)}, expected {expected}")
         if array.dtype.kind not in DTYPE_KINDS[spec.dtype]:
             raise ConfigError(f"{where}: {name} has dtype {array.dtype}, expected {spec.dtype} {expected}")

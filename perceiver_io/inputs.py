@@ -8,6 +8,12 @@ from typing import Any, Literal, Sequence
 import torch
 
 
+def fits_layout(shape: Sequence[int], layout: Sequence[int | str]) -> bool:
+    """Whether `shape` has the rank of `layout` and its sizes where `layout` fixes them (strings name free
+    sizes: ("B", 224, 224, 3))."""
+    return len(shape) == len(layout) and all(isinstance(size, str) or size == got for size, got in zip(layout, shape))
+
+
 def check_tensor(
     name: str,
     value: Any,
@@ -26,7 +32,7 @@ def check_tensor(
     suffix = f" ({hint})" if hint else ""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected {wanted} {expected}{suffix}, got a {type(value).__name__}")
-    if value.ndim != len(layout) or any(isinstance(size, int) and size != got for size, got in zip(layout, value.shape)):
+    if not fits_layout(value.shape, layout):
         raise ValueError(f"{name}: expected shape {expected}{suffix}, got {list(value.shape)}")
     if values == "model" and value.dtype != like.dtype:
         raise TypeError(
