@@ -2,16 +2,20 @@
 
 Each field carries the official key it is stored under (the field name unless stated). Reading a
 dict rejects unknown keys and names missing required ones; absent optional keys take the official
-code's default for that argument. `to_official()` writes every key, so a saved config is explicit.
+code's default for that argument. Every value read is checked against its field's type and range
+before any model is built (`_read`). `to_official()` writes every key, so a saved config is explicit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Literal, Mapping, NamedTuple, TypeVar
 
 T = TypeVar("T", bound="OfficialConfig")
 
@@ -20,12 +24,115 @@ class ConfigError(ValueError):
     """A configuration dict does not describe a valid model."""
 
 
+class _Range(NamedTuple):
+    """The numbers a field takes: `low` to `high`, each end included where its bracket is square, or `also`."""
+
+    low: float
+    high: float
+    brackets: str = "[]"
+    also: int | None = None
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low or (value == self.low and self.brackets[0] == "[")
+        below = value < self.high or (value == self.high and self.brackets[1] == "]")
+        return value == self.also or (above and below)
+
+    def __str__(self) -> str:
+        interval = f"{self.brackets[0]}{self.low}, {self.high}{self.brackets[1]}"
+        return interval if self.also is None else f"{interval} or {self.also}"
+
+
+MAX_SIZE = 2**24
+"""The largest size a config may give (channels, index dims, heads, counts...): room for long raw inputs
+(minutes of audio samples), while a slip such as 10**12 is refused before anything is allocated."""
+
+MAX_LAYERS = 1024
+"""The most self-attention layers per block, blocks, or extra position MLP layers (the releases use <= 26):
+each layer is a module of its own, so a size-like count would fill the memory while the model is built."""
+
+_SIZE = _Range(1, MAX_SIZE)
+_DEFAULT_RANGES = {int: _SIZE, float: _Range(-math.inf, math.inf, "()")}
+
+_RANGES: dict[str, _Range] = {
+    "num_self_attends_per_block": _Range(1, MAX_LAYERS),
+    "num_blocks": _Range(1, MAX_LAYERS),
+    "n_extra_pos_mlp": _Range(0, MAX_LAYERS),
+    "preproc_min_padding_size": _Range(0, MAX_SIZE),
+    "project_pos_dim": _Range(-1, MAX_SIZE),  # officially, no projection unless > 0
+    "n_outputs": _Range(1, MAX_SIZE, also=-1),  # -1: not given (only conv and conv1x1 postprocessing need it)
+    "dropout_prob": _Range(0, 1, "[)"),
+    "mask_probs": _Range(0, 1),
+    "init_scale": _Range(0, math.inf, "[)"),
+    "z_pos_enc_init_scale": _Range(0, math.inf, "[)"),
+    "rescale_factor": _Range(0, math.inf, "()"),
+    "flow_scale_factor": _Range(0, math.inf, "()"),
+}
+"""Fields, by name, whose numbers are not in their type's default range (`_DEFAULT_RANGES`: every other
+integer is a size, every other float any finite number)."""
+
+
 def _key(f: dataclasses.Field) -> str:
     return f.metadata.get("key", f.name)
 
 
-def _nested_type(f: dataclasses.Field) -> type[OfficialConfig] | None:
-    return f.metadata.get("nested")
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _alternatives(hint: Any) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _has_form(value: Any, hint: Any) -> bool:
+    """Whether `value` has the outer form of type `hint` (items and ranges are `_read`'s concern)."""
+    origin = typing.get_origin(hint) or hint
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (list, tuple))
+    if origin is dict or issubclass(origin, OfficialConfig):
+        return isinstance(value, Mapping)
+    return isinstance(value, origin)
+
+
+def _describe(hint: Any, numbers: _Range | None) -> str:
+    """What a field of type `hint` takes, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg, numbers) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is tuple:
+        count = "one or more" if args[-1] is Ellipsis else len(args)
+        return f"a list of {count} ({_describe(args[0], numbers)})"
+    if origin is dict:
+        return f"a mapping of names to ({_describe(args[1], numbers)})"
+    if hint in (int, float):
+        return f"{'an integer' if hint is int else 'a number'} in {numbers or _DEFAULT_RANGES[hint]}"
+    if issubclass(hint, OfficialConfig):
+        return "a mapping of official config keys"
+    return {bool: "true or false", str: "a string", type(None): "null"}[hint]
+
+
+def _read(value: Any, hint: Any, where: str, numbers: _Range | None) -> Any:
+    """`value` as a field of type `hint` holds it (lists as tuples, mappings as configs), its numbers in
+    `numbers` (or their type's default range); otherwise a ConfigError naming `where`, what it takes and the value."""
+    form = next((alternative for alternative in _alternatives(hint) if _has_form(value, alternative)), None)
+    origin, args = typing.get_origin(form), typing.get_args(form)
+    if origin is tuple and (len(value) == len(args) or (args[-1] is Ellipsis and len(value) > 0)):
+        return tuple(_read(item, args[0], f"{where}[{i}]", numbers) for i, item in enumerate(value))
+    if origin is dict:
+        return {_read(k, args[0], where, None): _read(v, args[1], f"{where}.{k}", numbers) for k, v in value.items()}
+    if isinstance(form, type) and issubclass(form, OfficialConfig):
+        return form.from_official(value, where)
+    if form is None or origin is tuple or (form in (int, float) and value not in (numbers or _DEFAULT_RANGES[form])):
+        raise ConfigError(f"{where}: expected {_describe(hint, numbers)}, found {value!r}")
+    return value
 
 
 def _from_tagged(kinds: dict[str, type], values: Mapping[str, Any], where: str):
@@ -60,15 +167,11 @@ class OfficialConfig:
         kwargs = {}
         for key, value in values.items():
             f = fields[key]
-            nested = _nested_type(f)
             tagged = f.metadata.get("tagged")
-            if nested is not None and value is not None:
-                value = nested.from_official(value, f"{where}.{key}")
-            elif tagged is not None and value is not None:
-                value = _from_tagged(tagged, value, f"{where}.{key}")
-            elif isinstance(value, list):
-                value = tuple(value)
-            kwargs[f.name] = value
+            if tagged is not None and value is not None:
+                kwargs[f.name] = _from_tagged(tagged, value, f"{where}.{key}")
+            else:
+                kwargs[f.name] = _read(value, _field_types(cls)[f.name], f"{where}.{key}", _RANGES.get(f.name))
         return cls(**kwargs)
 
     def to_official(self) -> dict[str, Any]:
@@ -110,37 +213,24 @@ class FourierPositionEncodingConfig(OfficialConfig):
     sine_only: bool = False
 
 
-def _position_encoding_fields():
-    return (
-        field(default=None, metadata={"nested": TrainablePositionEncodingConfig}),
-        field(default=None, metadata={"nested": FourierPositionEncodingConfig}),
-    )
-
-
 @dataclass(frozen=True)
 class ImagePreprocessorConfig(OfficialConfig):
     """Arguments of the official `ImagePreprocessor`."""
 
     official_name: ClassVar[str] = "input_preprocessor"
-    prep_type: str = "conv"
+    prep_type: Literal["conv", "conv1x1", "patches", "pixels"] = "conv"
     spatial_downsample: int = 4
     temporal_downsample: int = 1
-    position_encoding_type: str = "fourier"
+    position_encoding_type: Literal["trainable", "fourier"] = "fourier"
     n_extra_pos_mlp: int = 0
     num_channels: int = 64
     conv_after_patching: bool = False
     conv2d_use_batchnorm: bool = True
-    concat_or_add_pos: str = "concat"
+    concat_or_add_pos: Literal["concat", "add"] = "concat"
     project_pos_dim: int = -1
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
-    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str = "image_preprocessor"
-
-    def __post_init__(self):
-        if self.prep_type not in ("conv", "conv1x1", "patches", "pixels"):
-            raise ConfigError(f"input_preprocessor.prep_type={self.prep_type!r}; expected conv, conv1x1, patches or pixels")
-        if self.concat_or_add_pos not in ("concat", "add"):
-            raise ConfigError(f"input_preprocessor.concat_or_add_pos={self.concat_or_add_pos!r}; expected concat or add")
 
 
 @dataclass(frozen=True)
@@ -148,19 +238,15 @@ class AudioPreprocessorConfig(OfficialConfig):
     """Arguments of the official `AudioPreprocessor`."""
 
     official_name: ClassVar[str] = "audio_preprocessor"
-    prep_type: str = "patches"
+    prep_type: Literal["patches"] = "patches"
     samples_per_patch: int = 96
-    position_encoding_type: str = "fourier"
+    position_encoding_type: Literal["trainable", "fourier"] = "fourier"
     n_extra_pos_mlp: int = 0
-    concat_or_add_pos: str = "concat"
+    concat_or_add_pos: Literal["concat", "add"] = "concat"
     project_pos_dim: int = -1
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
-    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str = "audio_preprocessor"
-
-    def __post_init__(self):
-        if self.prep_type != "patches":
-            raise ConfigError(f"audio prep_type={self.prep_type!r}; the official audio preprocessor only has 'patches'")
 
 
 @dataclass(frozen=True)
@@ -168,15 +254,11 @@ class ImagePostprocessorConfig(OfficialConfig):
     """Arguments of the official `ImagePostprocessor` ('raft' is left out: it is broken upstream)."""
 
     official_name: ClassVar[str] = "image_postprocessor"
-    postproc_type: str = "pixels"
+    postproc_type: Literal["pixels", "conv1x1", "conv", "patches"] = "pixels"
     spatial_upsample: int = 1
     temporal_upsample: int = 1
     n_outputs: int = -1
     input_reshape_size: tuple[int, ...] | None = None
-
-    def __post_init__(self):
-        if self.postproc_type not in ("pixels", "conv1x1", "conv", "patches"):
-            raise ConfigError(f"image postproc_type={self.postproc_type!r}; expected pixels, conv1x1, conv or patches")
 
 
 @dataclass(frozen=True)
@@ -196,7 +278,7 @@ class EncoderConfig(OfficialConfig):
     self_attend_widening_factor: int = 1
     dropout_prob: float = 0.0
     z_pos_enc_init_scale: float = 0.02
-    cross_attention_shape_for_attn: str = "kv"
+    cross_attention_shape_for_attn: Literal["kv", "q"] = "kv"
     use_query_residual: bool = True
     name: str = "perceiver_encoder"
 
@@ -208,7 +290,7 @@ class DecoderConfig(OfficialConfig):
 
     official_name: ClassVar[str] = "decoder_config"
     output_num_channels: int | None = None
-    position_encoding_type: str = "trainable"
+    position_encoding_type: Literal["trainable", "fourier", "none"] = "trainable"
     output_index_dims: int | tuple[int, ...] | None = None
     subsampled_index_dims: int | tuple[int, ...] | None = None
     num_z_channels: int = 1024
@@ -219,16 +301,9 @@ class DecoderConfig(OfficialConfig):
     num_heads: int = 1
     final_project: bool = True
     project_pos_dim: int = -1
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = _position_encoding_fields()[0]
-    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = _position_encoding_fields()[1]
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str | None = None
-
-    def __post_init__(self):
-        if self.position_encoding_type not in ("trainable", "fourier", "none"):
-            raise ConfigError(
-                f"decoder_config.position_encoding_type={self.position_encoding_type!r}; "
-                "expected 'trainable', 'fourier' or 'none'"
-            )
 
     @property
     def index_dims(self) -> tuple[int, ...]:
@@ -250,8 +325,8 @@ class LanguageConfig(OfficialConfig):
     d_model: int = field(metadata={"key": "D_MODEL"})
     d_latents: int = field(metadata={"key": "D_LATENTS"})
     max_seq_len: int = field(metadata={"key": "MAX_SEQ_LEN"})
-    encoder: EncoderConfig = field(metadata={"key": "encoder_config", "nested": EncoderConfig})
-    decoder: DecoderConfig = field(metadata={"key": "decoder_config", "nested": DecoderConfig})
+    encoder: EncoderConfig = field(metadata={"key": "encoder_config"})
+    decoder: DecoderConfig = field(metadata={"key": "decoder_config"})
     vocab_size: int = 262
 
 
@@ -298,9 +373,9 @@ class ImageNetConfig(OfficialConfig):
     """
 
     official_name: ClassVar[str] = "imagenet"
-    input_preprocessor: ImagePreprocessorConfig = field(metadata={"nested": ImagePreprocessorConfig})
-    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
-    decoder: DecoderConfig = field(metadata={"nested": DecoderConfig})
+    input_preprocessor: ImagePreprocessorConfig
+    encoder: EncoderConfig
+    decoder: DecoderConfig
     num_classes: int = 1000
     image_size: tuple[int, int] = (224, 224)
 
@@ -389,9 +464,9 @@ class FlowConfig(OfficialConfig):
     """The optical-flow colab's configuration (`optical_flow.ipynb`)."""
 
     official_name: ClassVar[str] = "optical_flow"
-    input_preprocessor: ImagePreprocessorConfig = field(metadata={"nested": ImagePreprocessorConfig})
-    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
-    decoder: FlowDecoderConfig = field(metadata={"nested": FlowDecoderConfig})
+    input_preprocessor: ImagePreprocessorConfig
+    encoder: EncoderConfig
+    decoder: FlowDecoderConfig
     flow_scale_factor: float = field(default=20, metadata={"key": "FLOW_SCALE_FACTOR"})
     train_size: tuple[int, int] = field(default=(368, 496), metadata={"key": "TRAIN_SIZE"})
 
@@ -447,7 +522,7 @@ class MultimodalConfig(OfficialConfig):
     """
 
     official_name: ClassVar[str] = "multimodal_autoencoding"
-    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    encoder: EncoderConfig
     num_frames: int = field(default=16, metadata={"key": "NUM_FRAMES"})
     audio_samples_per_frame: int = field(default=1920, metadata={"key": "AUDIO_SAMPLES_PER_FRAME"})
     samples_per_patch: int = field(default=16, metadata={"key": "SAMPLES_PER_PATCH"})
@@ -596,7 +671,7 @@ class ClassificationPostprocessorConfig(OfficialConfig):
 class AudioPostprocessorConfig(OfficialConfig):
     official_name: ClassVar[str] = "audio_postprocessor"
     samples_per_patch: int = 96
-    postproc_type: str = "patches"
+    postproc_type: Literal["patches"] = "patches"
 
 
 PREPROCESSORS = {"image": ImagePreprocessorConfig, "audio": AudioPreprocessorConfig, "one_hot": OneHotPreprocessorConfig}
@@ -628,7 +703,7 @@ class PerceiverConfig(OfficialConfig):
 
     official_name: ClassVar[str] = "perceiver"
     input_shape: tuple[int, ...]
-    encoder: EncoderConfig = field(metadata={"nested": EncoderConfig})
+    encoder: EncoderConfig
     decoder: OfficialConfig = field(metadata={"tagged": DECODERS})
     input_preprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": PREPROCESSORS})
     output_postprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": POSTPROCESSORS})
@@ -657,6 +732,7 @@ def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = 
             raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
         return released
     if isinstance(config, config_type):
+        config_type.from_official(config.to_official())  # checks a config built in Python as one read from a file
         return config
     if isinstance(config, Mapping):
         return config_type.from_official(config)
