@@ -46,10 +46,11 @@ def check_tensor(
 
 
 def check_index_range(name: str, value: torch.Tensor, size: int) -> None:
-    """Raises ValueError unless every entry of the integer tensor `value` is in [0, size). Skipped under
+    """Raises ValueError unless every entry of the integer tensor `value` is in [0, size). One read of two
+    numbers from the device (an index out of range would otherwise poison a CUDA context); skipped under
     `torch.compile`, where reading values would break the graph."""
     if torch.compiler.is_compiling() or value.numel() == 0:
         return
-    low, high = int(value.min()), int(value.max())
+    low, high = torch.stack(torch.aminmax(value)).tolist()
     if low < 0 or high >= size:
         raise ValueError(f"{name} must be in [0, {size}), got values from {low} to {high}")
