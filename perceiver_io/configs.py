@@ -2,8 +2,9 @@
 
 Each field carries the official key it is stored under (the field name unless stated). Reading a
 dict rejects unknown keys and names missing required ones; absent optional keys take the official
-code's default for that argument. Every value read is checked against its field's type and range
-before any model is built (`_read`). `to_official()` writes every key, so a saved config is explicit.
+code's default for that argument. Every value is checked against its field's type and range
+whenever a config is made, read or built in Python (`_read`), so before any model is built.
+`to_official()` writes every key, so a saved config is explicit.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ def _has_form(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin is tuple:
         return isinstance(value, (list, tuple))
-    if origin is dict or issubclass(origin, OfficialConfig):
+    if origin is dict:
         return isinstance(value, Mapping)
+    if issubclass(origin, OfficialConfig):
+        return isinstance(value, (Mapping, origin))
     return isinstance(value, origin)
 
 
@@ -129,7 +132,7 @@ def _read(value: Any, hint: Any, where: str, numbers: _Range | None) -> Any:
     if origin is dict:
         return {_read(k, args[0], where, None): _read(v, args[1], f"{where}.{k}", numbers) for k, v in value.items()}
     if isinstance(form, type) and issubclass(form, OfficialConfig):
-        return form.from_official(value, where)
+        return value if isinstance(value, form) else form.from_official(value, where)
     if form is None or origin is tuple or (form in (int, float) and value not in (numbers or _DEFAULT_RANGES[form])):
         raise ConfigError(f"{where}: expected {_describe(hint, numbers)}, found {value!r}")
     return value
@@ -147,6 +150,18 @@ class OfficialConfig:
     """Mixin for dataclass configs stored in official keys."""
 
     official_name: ClassVar[str] = "config"
+
+    def __post_init__(self) -> None:
+        """Checks a config however it was made (read from official keys, or built in Python), lists
+        becoming tuples and mappings configs, as `from_official` reads them."""
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):
+            value, where, tagged = getattr(self, f.name), f"{self.official_name}.{_key(f)}", f.metadata.get("tagged")
+            if tagged is None:
+                object.__setattr__(self, f.name, _read(value, hints[f.name], where, _RANGES.get(f.name)))
+            elif value is not None and type(value) not in tagged.values():
+                raise ConfigError(f"{where}: expected one of the configs {sorted(k.__name__ for k in tagged.values())}, "
+                                  f"found {value!r}")
 
     @classmethod
     def from_official(cls: type[T], values: Mapping[str, Any], where: str | None = None) -> T:
@@ -732,7 +747,6 @@ def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = 
             raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
         return released
     if isinstance(config, config_type):
-        config_type.from_official(config.to_official())  # checks a config built in Python as one read from a file
         return config
     if isinstance(config, Mapping):
         return config_type.from_official(config)

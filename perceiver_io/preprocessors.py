@@ -79,8 +79,6 @@ class NetworkInputs(nn.Module):
         num_dims: int,
     ):
         super().__init__()
-        if config.concat_or_add_pos not in ("concat", "add"):
-            raise ConfigError(f"concat_or_add_pos={config.concat_or_add_pos!r}; expected 'concat' or 'add'")
         if config.position_encoding_type == "trainable" and grid is None:
             raise ConfigError(f"the trainable position encoding of {config.name} needs the input's size")
         self.concat_or_add_pos = config.concat_or_add_pos

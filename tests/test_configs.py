@@ -15,6 +15,8 @@ from perceiver_io.configs import (
     MAX_SIZE,
     TASK_CONFIGS,
     ConfigError,
+    FourierPositionEncodingConfig,
+    ImagePreprocessorConfig,
     LanguageConfig,
     parse_config,
 )
@@ -170,14 +172,18 @@ def test_special_values_of_the_official_code_stay_valid(base, path, value):
     build_model(_task(base), config)
 
 
-def test_config_objects_built_in_python_are_checked_too():
+def test_config_objects_built_in_python_are_checked_when_made():
     with pytest.raises(ConfigError) as error:
-        build_model("language_mlm", dataclasses.replace(LANGUAGE_MLM, d_model=-1))
+        dataclasses.replace(LANGUAGE_MLM, d_model=-1)
     assert str(error.value) == "language_mlm.D_MODEL: expected an integer in [1, 16777216], found -1"
-    encoder = dataclasses.replace(LANGUAGE_MLM.encoder, num_blocks=0)
     with pytest.raises(ConfigError) as error:
-        build_model("language_mlm", dataclasses.replace(LANGUAGE_MLM, encoder=encoder))
-    assert str(error.value) == "language_mlm.encoder_config.num_blocks: expected an integer in [1, 1024], found 0"
+        dataclasses.replace(LANGUAGE_MLM.encoder, num_blocks=0)
+    assert str(error.value) == "encoder_config.num_blocks: expected an integer in [1, 1024], found 0"
+    with pytest.raises(ConfigError) as error:
+        ImagePreprocessorConfig(prep_type="bogus")
+    assert str(error.value).startswith("input_preprocessor.prep_type: expected one of 'conv',")
+    made = ImagePreprocessorConfig(prep_type="patches", fourier_position_encoding_kwargs={"num_bands": 4})
+    assert made.fourier_position_encoding_kwargs == FourierPositionEncodingConfig(num_bands=4)
 
 
 def _leaves(value, path=()):
