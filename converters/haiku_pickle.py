@@ -47,7 +47,6 @@ import mmap
 import os
 import pickle
 import pickletools
-import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
-from perceiver_io.atomic import atomic_output
+from perceiver_io.atomic import atomic_output, special_file_kind
 
 from .errors import CheckpointFormatError, UnsafePickleError
 
@@ -266,15 +265,10 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
     path = os.fspath(source)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no Haiku checkpoint at {path}: check the path, or download the released file first"
-        ) from None
-    if not stat.S_ISREG(mode):
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no Haiku checkpoint at {path}: check the path, or download the released file first")
+    kind = special_file_kind(path)
+    if kind:
         raise CheckpointFormatError(f"{path} is {kind}, not a regular file: give the path of the checkpoint file")
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size

@@ -1,4 +1,4 @@
-"""Atomic file output, shared by every writer of the project (torch-free)."""
+"""Atomic file output, shared by every writer of the project, and what is not a regular file (torch-free)."""
 
 from __future__ import annotations
 
@@ -38,19 +38,30 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool =
         raise
 
 
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What is at `path` if it is not a regular file: "a directory", "a FIFO", "a device" or "a socket"
+    (reading one would fail or block); None for a regular file, or where nothing can be found."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+
+
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> None:
     """Raises, as `atomic_output` would, unless a file may be written at `path`: nothing there, or a
     regular file and `overwrite`. For a check before long work whose result goes to `path`."""
     if not os.path.lexists(path):
         return
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # a dangling symbolic link
-        mode = stat.S_IFREG
-    if stat.S_ISDIR(mode):
+    kind = special_file_kind(path)
+    if kind == "a directory":
         raise IsADirectoryError(f"{path} is a folder; give the output file's name")
-    if not stat.S_ISREG(mode):
-        raise FileExistsError(f"{path} exists and is not a regular file; it is never replaced")
+    if kind:
+        raise FileExistsError(f"{path} is {kind}, not a regular file; it is never replaced")
     if not overwrite:
         raise FileExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it")
 

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .atomic import atomic_output
+from .atomic import atomic_output, special_file_kind
 
 FORMAT_NAME = "perceiver_io"
 FORMAT_VERSION = "1"
@@ -182,6 +182,8 @@ def _resolved(metadata: Mapping[str, str | LateValue]) -> dict[str, str]:
 def is_safetensors_file(path: str | os.PathLike) -> bool:
     """Whether `path` is a regular file that starts as a safetensors file does: a plausible header length,
     then a JSON object."""
+    if not os.path.isfile(path):  # nothing to open, or something whose opening blocks (a FIFO)
+        return False
     try:
         with open(path, "rb") as f:
             raw = f.read(9)
@@ -194,8 +196,9 @@ def is_safetensors_file(path: str | os.PathLike) -> bool:
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a converted file, checked to be of this project's format."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointFileError(f"{path} is a folder, not a converted checkpoint file")
+    kind = special_file_kind(path)
+    if kind:
+        raise CheckpointFileError(f"{path} is {kind}, not a converted checkpoint file")
     try:
         with open(path, "rb") as f:
             raw = f.read(8)

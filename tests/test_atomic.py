@@ -54,7 +54,7 @@ def test_what_is_not_a_regular_file_is_never_replaced(tmp_path, kind):
         error, words = IsADirectoryError, "is a folder"
     else:
         os.mkfifo(target)
-        error, words = FileExistsError, "is not a regular file"
+        error, words = FileExistsError, "is a FIFO, not a regular file"
     for overwrite in (False, True):
         with pytest.raises(error, match=words):
             with atomic_output(target, overwrite=overwrite):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -113,8 +115,18 @@ def test_files_damaged_after_the_header_or_not_files_are_refused(converted_path,
     with pytest.raises(CheckpointFileError, match="damaged or truncated"):
         load(cut)
     (tmp_path / "folder.safetensors").mkdir()
-    with pytest.raises(CheckpointFileError, match="is a folder"):
+    with pytest.raises(CheckpointFileError, match="is a directory, not a converted checkpoint file"):
         load(tmp_path / "folder.safetensors")
+
+
+def test_a_pipe_is_refused_without_being_opened(tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: `load` must refuse it before that."""
+    for name in ("pipe.safetensors", "pipe.pickle"):
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(CheckpointFileError, match="is a FIFO, not a converted checkpoint file"):
+        load(tmp_path / "pipe.safetensors")
+    with pytest.raises(ValueError, match="is a FIFO, not a regular file"):
+        load(tmp_path / "pipe.pickle", task="language_mlm")
 
 
 def test_fill_mask_fills_each_marker_with_the_models_best_byte(converted_path):
