@@ -19,7 +19,8 @@ fine-tuned) model back as a Haiku checkpoint, in the released pickle format or a
 
 Exit status: 0 done, 1 a verify stage over tolerance (or a failed --example parity), 2 bad input (a
 missing, unreadable or corrupt file, a wrong task or config, no memory), 130 interrupted (Ctrl-C).
-SIGTERM and SIGHUP stop the command as Ctrl-C does, so no temporary file is left behind.
+SIGTERM and SIGHUP stop the command through the same clean-up as Ctrl-C, so no temporary file is left
+behind; they exit 143 and 129 (128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -324,7 +325,6 @@ def _export(argv: list[str]) -> int:
     check_output(output, args.force)
     model = load(args.source)
     with _writing(output):
-        output.parent.mkdir(parents=True, exist_ok=True)
         path = export_haiku_checkpoint(model, output, overwrite=args.force)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0
@@ -364,7 +364,9 @@ def _message(error: BaseException) -> str:
     """The error in one line for the user: an OSError as `file: reason`, without its errno."""
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error) or "out of memory"
+    if isinstance(error, MemoryError) and not str(error):
+        return "out of memory"
+    return str(error) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,6 @@ def expected_torch_tensors(task: str, config: OfficialConfig) -> dict[str, Torch
 def _write_atomically(path: Path, text: str) -> None:
     """Writes a cache file; if the cache cannot be written, the next conversion just imports torch again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path, overwrite=True, text=True) as out:
             out.write(text)
     except OSError:
@@ -175,7 +174,7 @@ def plan_conversion(checkpoint: HaikuCheckpoint, task: str, config: OfficialConf
             rule.torch_key,
             expected[rule.torch_key].shape,
             leaf.dtype,
-            lambda rule=rule: rule.layout.to_torch(_leaf(checkpoint, rule)),
+            lambda rule=rule, leaf=leaf: rule.layout.to_torch(leaf),
         )
         for rule, leaf in leaves
     ]

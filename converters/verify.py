@@ -29,7 +29,7 @@ from torch import nn
 
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import ConfigError, OfficialConfig
-from perceiver_io.inputs import fits_layout
+from perceiver_io.inputs import dtype_name, fits_layout
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
@@ -458,7 +458,7 @@ def verify_model(
 ) -> VerifyReport:
     """Runs `model` (already on its device and in its dtype) on the reference's inputs and compares."""
     parameter = next(model.parameters())
-    dtype = str(parameter.dtype).removeprefix("torch.")
+    dtype = dtype_name(parameter.dtype)
     tolerance = default_tolerance(reference.task, dtype) if tolerance is None else tolerance
     with full_float32_matmuls():
         ours = run_torch(model, torch_inputs(reference.task, reference.inputs))

@@ -18,10 +18,16 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool =
     this one is written: it is published with a hard link, which fails rather than replace anything.
     Whatever is not a regular file (a folder, a device such as /dev/null, a pipe) is never replaced. On
     any failure neither the output nor the temporary file is left behind. The temporary file sits beside
-    `path` with the mode `open` gives.
+    `path` with the mode `open` gives; missing folders above it are made.
     """
     path = Path(path)
     check_output(path, overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"cannot write {path}: a file stands where a folder above it should be") from None
+    except OSError as error:
+        raise type(error)(f"cannot write {path}: {error.strerror}") from None
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

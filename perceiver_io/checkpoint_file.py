@@ -109,7 +109,6 @@ def write_checkpoint(
         raise CheckpointFileError(f"tensor names written twice: {duplicated}")
     placeholders = {k: " " * v.length if isinstance(v, LateValue) else v for k, v in metadata.items()}
     header = _header(tensors, placeholders)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, overwrite) as out:
         out.write(struct.pack("<Q", len(header)))
         out.write(header)

@@ -45,12 +45,12 @@ class DecoderQueries(nn.Module):
         batch_size = inputs.shape[0]
         pos = None
         if subsampled_points is not None:
-            points = torch.as_tensor(subsampled_points, device=inputs.device)
+            points = torch.as_tensor(subsampled_points)  # checked where it is (chunks() makes them on the CPU)
             if points.ndim != 1 or points.is_floating_point() or points.dtype == torch.bool:
                 raise ValueError(f"subsampled_points: expected flat integer indices [N] into the "
                                  f"{'x'.join(map(str, self.index_dims))} grid, got {points.dtype} {list(points.shape)}")
             check_index_range("subsampled_points", points, math.prod(self.index_dims))
-            pos = subsampled_positions(points, self.index_dims)
+            pos = subsampled_positions(points.to(inputs.device), self.index_dims)
             pos = pos.expand(batch_size, -1, -1)
         queries = self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
         if self.concat_preprocessed_input:

@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .images import rgb_pixels
 from .tasks import OpticalFlow
 
@@ -126,6 +126,7 @@ def flow_between_files(
     existing file is kept unless `overwrite`). Returns the flow [H,W,2] in pixels."""
     from PIL import Image
 
+    check_output(picture, overwrite)  # before the work, not after
     flow = tiled_flow(model, read_frame(first), read_frame(second), **tiling)
     with atomic_output(picture, overwrite=overwrite) as out:
         Image.fromarray(flow_to_rgb(flow)).save(out, format="PNG")

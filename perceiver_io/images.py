@@ -22,7 +22,7 @@ def rgb_pixels(image) -> np.ndarray:
             return rgb_pixels(opened)
     if hasattr(image, "convert"):
         if image.mode in SIXTEEN_BIT_MODES:
-            grey = np.asarray(image, dtype=np.float32) / 257
+            grey = np.clip(np.asarray(image, dtype=np.float32), 0, 65535) / 257
             return np.repeat(grey[..., None], 3, axis=-1)
         return np.asarray(image.convert("RGB"), dtype=np.float32)
     array = np.asarray(image, dtype=np.float32)

@@ -25,24 +25,35 @@ def check_tensor(
     """Raises TypeError or ValueError unless `value` is a tensor laid out as `layout` (its integers are
     required sizes, its strings name free ones: ("B", 224, 224, 3)), on the device of `like` (a parameter
     of the model), with `like`'s dtype (`values="model"`), an integer dtype ("integer") or any ("any").
-    `hint` ends each message: what the values must be, e.g. "channels last, in [0,1]"."""
-    expected = f"[{','.join(map(str, layout))}]"
-    wanted = {"model": f"a {str(like.dtype).removeprefix('torch.')} tensor", "integer": "an integer tensor",
-              "any": "a tensor"}[values]
-    suffix = f" ({hint})" if hint else ""
+    `hint` ends each message: what the values must be, e.g. "channels last, in [0,1]". The messages are
+    made only on failure: this runs on every forward pass."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected {wanted} {expected}{suffix}, got a {type(value).__name__}")
+        raise TypeError(f"{name}: expected {_wanted(values, like)} {_expected(layout, hint)}, "
+                        f"got a {type(value).__name__}")
     if not fits_layout(value.shape, layout):
-        raise ValueError(f"{name}: expected shape {expected}{suffix}, got {list(value.shape)}")
+        raise ValueError(f"{name}: expected shape {_expected(layout, hint)}, got {list(value.shape)}")
     if values == "model" and value.dtype != like.dtype:
-        raise TypeError(
-            f"{name} is {str(value.dtype).removeprefix('torch.')} but the model computes in "
-            f"{str(like.dtype).removeprefix('torch.')}: pass {wanted}{suffix}"
-        )
+        raise TypeError(f"{name} is {dtype_name(value.dtype)} but the model computes in {dtype_name(like.dtype)}: "
+                        f"pass {_wanted(values, like)}{_expected((), hint)}")
     if values == "integer" and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-        raise TypeError(f"{name} is {str(value.dtype).removeprefix('torch.')}: expected {wanted}{suffix}")
+        raise TypeError(f"{name} is {dtype_name(value.dtype)}: expected {_wanted(values, like)}{_expected((), hint)}")
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but the model is on {like.device}: move one of them")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as people write it: "float32", not "torch.float32"."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _wanted(values: str, like: torch.Tensor) -> str:
+    return {"model": f"a {dtype_name(like.dtype)} tensor", "integer": "an integer tensor", "any": "a tensor"}[values]
+
+
+def _expected(layout: Sequence[int | str], hint: str) -> str:
+    """`layout` as [B,224,224,3] (nothing when empty), then the hint in parentheses."""
+    shape = f"[{','.join(map(str, layout))}]" if layout else ""
+    return shape + (f" ({hint})" if hint else "")
 
 
 def check_index_range(name: str, value: torch.Tensor, size: int) -> None:

@@ -22,6 +22,7 @@ from .checkpoint_file import (
     write_checkpoint,
 )
 from .configs import ConfigError, OfficialConfig
+from .inputs import dtype_name
 from .tasks import TASKS, build_model
 
 
@@ -41,7 +42,7 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
     ]
     mistyped = [
         f"{key}: expected {'floating' if expected[key].is_floating_point() else 'integer'} values, found "
-        f"{str(state_dict[key].dtype).removeprefix('torch.')}"
+        f"{dtype_name(state_dict[key].dtype)}"
         for key in shared
         if expected[key].is_floating_point() != state_dict[key].is_floating_point()
     ]
@@ -50,7 +51,7 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
             f"{source} does not fit the {type(model).__name__} its metadata describes: missing {missing}, "
             f"unexpected {unexpected}, wrong shapes {mismatched}" + (f", wrong dtypes {mistyped}" if mistyped else "")
         )
-    floating = sorted({str(value.dtype).removeprefix("torch.") for value in state_dict.values() if value.is_floating_point()})
+    floating = sorted({dtype_name(value.dtype) for value in state_dict.values() if value.is_floating_point()})
     if len(floating) > 1:
         raise CheckpointFileError(f"{source} mixes floating dtypes {floating}; a model computes in one")
     model.load_state_dict(state_dict, strict=True, assign=True)
@@ -168,5 +169,5 @@ def _planned(key: str, value: torch.Tensor) -> PlannedTensor:
     if value.dtype == torch.bfloat16:
         return PlannedTensor(key, tuple(value.shape), np.dtype(np.int16),
                              lambda: value.view(torch.int16).cpu().numpy(), stored_as="BF16")
-    return PlannedTensor(key, tuple(value.shape), np.dtype(str(value.dtype).removeprefix("torch.")),
+    return PlannedTensor(key, tuple(value.shape), np.dtype(dtype_name(value.dtype)),
                          lambda: value.cpu().numpy())

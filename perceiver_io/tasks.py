@@ -105,7 +105,7 @@ class LanguagePerceiver(nn.Module):
         if input_mask is not None:
             check_tensor("input_mask", input_mask, tuple(inputs.shape), weight, "any", "1 = token, 0 = padding")
         out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
-        return self.embedding_decoder(out, self.perceiver.input_preprocessor.token_embedding.weight)
+        return self.embedding_decoder(out, weight)
 
 
 class ImageClassifier(nn.Module):
