@@ -29,7 +29,7 @@ from torch import nn
 
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import ConfigError, OfficialConfig
-from perceiver_io.inputs import dtype_name, fits_layout
+from perceiver_io.inputs import dtype_name, fits_layout, input_specs
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
@@ -156,51 +156,15 @@ def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[st
     return inputs
 
 
-DTYPE_KINDS = {"integer": "iu", "floating": "f", "numeric": "biuf"}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One array of the official call: its layout (ints are required sizes, strings name free ones; "B", the
-    batch, is the same in every input), its kind of dtype (a key of `DTYPE_KINDS`), what it holds, and for
-    indices the bound they must stay below."""
-
-    layout: tuple[int | str, ...]
-    dtype: str
-    what: str
-    bound: int | None = None
-
-
-def input_specs(task: str, config: OfficialConfig | Mapping[str, Any] | None) -> dict[str, InputSpec]:
-    """The arrays of the official call of `task` under `config` (those of `haiku_reference.tasks.build`'s
-    apply), nested ones as `name/key`: the layouts the PyTorch task models check."""
-    parsed = parse_config(task, config)
-    if task == "language_mlm":
-        tokens = ("B", parsed.max_seq_len)
-        return {
-            "inputs": InputSpec(tokens, "integer", f"token ids padded to {parsed.max_seq_len}", parsed.vocab_size),
-            "input_mask": InputSpec(tokens, "numeric", "1 = token, 0 = padding"),
-        }
-    if task.startswith("imagenet"):
-        return {"images": InputSpec(("B", "H", "W", 3), "floating", "normalised images, channels last")}
-    if task == "optical_flow":
-        return {"images": InputSpec(("B", 2, *parsed.train_size, 3), "floating", "frame pairs in [-1,1]")}
-    if task == "multimodal_autoencoding":
-        return {
-            "images": InputSpec(("B", *parsed.image_shape, 3), "floating", "video frames in [0,1]"),
-            "audio": InputSpec(("B", parsed.num_audio_samples, 1), "floating", "audio in [-1,1]"),
-            "subsampling/image": InputSpec(("N",), "integer", "image points", math.prod(parsed.image_shape)),
-            "subsampling/audio": InputSpec(("N",), "integer", "audio patches",
-                                           parsed.num_audio_samples // parsed.samples_per_patch),
-        }
-    return {"inputs": InputSpec(("B", *parsed.input_shape), "floating", "the config's input_shape")}
+NUMPY_KINDS = {"integer": "iu", "floating": "f", "any": "biuf"}
+"""numpy's dtype kinds for each kind of values of an `InputSpec`."""
 
 
 def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any],
                  where: str) -> None:
     """Raises ConfigError, naming `where` and the array, unless `inputs` are the official call's arrays of
-    `task` with the layouts, dtypes and index ranges of `input_specs`."""
-    specs, arrays = input_specs(task, config), _flat(inputs)
+    `task` with the layouts, dtypes and index ranges of `perceiver_io.inputs.input_specs`."""
+    specs, arrays = input_specs(parse_config(task, config)), _flat(inputs)
     if set(arrays) != set(specs):
         raise ConfigError(f"{where}: the {task} model takes {sorted(specs)}, found {sorted(arrays)}")
     for name, spec in specs.items():
@@ -208,8 +172,8 @@ def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, i
         expected = f"[{','.join(map(str, spec.layout))}] ({spec.what})"
         if not fits_layout(array.shape, spec.layout):
             raise ConfigError(f"{where}: {name} has shape {list(array.shape)}, expected {expected}")
-        if array.dtype.kind not in DTYPE_KINDS[spec.dtype]:
-            raise ConfigError(f"{where}: {name} has dtype {array.dtype}, expected {spec.dtype} {expected}")
+        if array.dtype.kind not in NUMPY_KINDS[spec.values]:
+            raise ConfigError(f"{where}: {name} has dtype {array.dtype}, expected {spec.values} {expected}")
         if spec.bound is not None and array.size and not 0 <= array.min() <= array.max() < spec.bound:
             raise ConfigError(f"{where}: {name} holds values from {array.min()} to {array.max()}, expected values "
                               f"in [0, {spec.bound}) ({spec.what})")

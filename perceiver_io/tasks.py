@@ -45,7 +45,7 @@ from .decoders import (
     ProjectionDecoder,
 )
 from .encoder import PerceiverEncoder
-from .inputs import check_index_range, check_tensor
+from .inputs import check_call
 from .perceiver import Perceiver
 from .postprocessors import (
     AudioPostprocessor,
@@ -99,11 +99,7 @@ class LanguagePerceiver(nn.Module):
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.perceiver.input_preprocessor.token_embedding.weight
-        check_tensor("inputs", inputs, ("B", self.config.max_seq_len), weight, "integer",
-                     f"token ids, padded to {self.config.max_seq_len} with the tokenizer's pad")
-        check_index_range("inputs", inputs, self.config.vocab_size)
-        if input_mask is not None:
-            check_tensor("input_mask", input_mask, tuple(inputs.shape), weight, "any", "1 = token, 0 = padding")
+        check_call(self.config, {"inputs": inputs, "input_mask": input_mask}, weight)
         out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
         return self.embedding_decoder(out, weight)
 
@@ -126,8 +122,7 @@ class ImageClassifier(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_tensor("images", images, ("B", "H", "W", 3), next(self.parameters()),
-                     hint="channels last, normalised as the colab: (x - mean*255) / (std*255)")
+        check_call(self.config, {"images": images}, next(self.parameters()))
         return self.perceiver(images)
 
 
@@ -151,8 +146,7 @@ class OpticalFlow(nn.Module):
         )
 
     def raw_flow(self, images: torch.Tensor) -> torch.Tensor:
-        check_tensor("images", images, ("B", 2, *self.config.train_size, 3), next(self.parameters()),
-                     hint="frame pairs in [-1,1]; perceiver_io.flow.tiled_flow takes frames of other sizes")
+        check_call(self.config, {"images": images}, next(self.parameters()))
         return self.perceiver(patches_for_flow(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,9 +200,8 @@ class VideoAutoencoder(nn.Module):
         )
 
     def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        config, weight = self.config, next(self.parameters())
-        check_tensor("images", images, ("B", *config.image_shape, 3), weight, hint="video frames in [0,1]")
-        check_tensor("audio", audio, (images.shape[0], config.num_audio_samples, 1), weight, hint="in [-1,1]")
+        config = self.config
+        check_call(config, {"images": images, "audio": audio}, next(self.parameters()))
         label = torch.zeros(images.shape[0], config.num_classes, dtype=images.dtype, device=images.device)
         return {"audio": audio, "image": images, "label": label}
 
