@@ -26,7 +26,6 @@ behind; they exit 143 and 129 (128 + the signal's number).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -34,7 +33,6 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -102,18 +100,6 @@ def _output_path(text: str, option: str = "-o") -> Path:
     return Path(text)
 
 
-@contextlib.contextmanager
-def _writing(output: Path, source: str | os.PathLike | None = None) -> Iterator[None]:
-    """An OSError while writing `output` (its folder, its temporary file, the disk) is reported as about
-    `output`; errors with a message of their own, or about the file `source` being read, pass unchanged."""
-    try:
-        yield
-    except OSError as error:
-        if error.strerror is None or (source is not None and error.filename == os.fspath(source)):
-            raise
-        raise OSError(error.errno, f"cannot write {output}: {error.strerror}") from error
-
-
 def _print_report(report: ConversionReport) -> None:
     state = f" + {report.num_state_values:,} state values" if report.num_state_values else ""
     print(
@@ -133,8 +119,7 @@ def _run_example(output: Path, force: bool) -> int:
     with resources.as_file(example) as folder:
         config = json.loads((folder / "reduced_config.json").read_text())
         source = folder / EXAMPLE_CHECKPOINT
-        with _writing(output, source):
-            report = convert_checkpoint(source, output, EXAMPLE_TASK, config, overwrite=force)
+        report = convert_checkpoint(source, output, EXAMPLE_TASK, config, overwrite=force)
         _print_report(report)
         inputs = dict(np.load(folder / "inputs.npz"))
         official = dict(np.load(folder / "outputs.npz"))
@@ -191,9 +176,8 @@ def _download(args: argparse.Namespace) -> int:
     original = hub.download(args.task)
     print(f"{args.task}: {original}")
     if output:
-        with _writing(output, original):
-            report = convert_checkpoint(original, output, args.task, config or hub.RELEASES[args.task].config,
-                                        args.force)
+        report = convert_checkpoint(original, output, args.task, config or hub.RELEASES[args.task].config,
+                                    args.force)
         _print_report(report)
     return 0
 
@@ -285,8 +269,7 @@ def _verify(argv: list[str]) -> int:
         inputs = read_inputs(args.inputs, task, config) if args.inputs else synthetic_inputs(task, config)
         reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
         if save_to:
-            with _writing(save_to):
-                reference.save(save_to, overwrite=args.force)
+            reference.save(save_to, overwrite=args.force)
 
     dtype = DTYPES[args.dtype]
     if args.converted:
@@ -324,8 +307,7 @@ def _export(argv: list[str]) -> int:
     output = _output_path(args.output)
     check_output(output, args.force)
     model = load(args.source)
-    with _writing(output):
-        path = export_haiku_checkpoint(model, output, overwrite=args.force)
+    path = export_haiku_checkpoint(model, output, overwrite=args.force)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0
 
@@ -349,8 +331,7 @@ def _convert(argv: list[str]) -> int:
         raise ConfigError(f"--task is required; one of {', '.join(sorted(TASKS))}")
     output = _output_path(args.output)
     config = _read_config(args.config)
-    with _writing(output, args.source):
-        report = convert_checkpoint(args.source, output, args.task, config, args.force)
+    report = convert_checkpoint(args.source, output, args.task, config, args.force)
     _print_report(report)
     return 0
 

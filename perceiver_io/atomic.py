@@ -18,30 +18,52 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, text: bool =
     this one is written: it is published with a hard link, which fails rather than replace anything.
     Whatever is not a regular file (a folder, a device such as /dev/null, a pipe) is never replaced. On
     any failure neither the output nor the temporary file is left behind. The temporary file sits beside
-    `path` with the mode `open` gives; missing folders above it are made.
+    `path` with the mode `open` gives; missing folders above it are made. An OSError of writing (no
+    permission, a full disk) names `path`, not the temporary file.
     """
     path = Path(path)
     check_output(path, overwrite)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise NotADirectoryError(f"cannot write {path}: a file stands where a folder above it should be") from None
-    except OSError as error:
-        raise type(error)(f"cannot write {path}: {error.strerror}") from None
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # from mkdir: a file where a folder should be
+        raise NotADirectoryError(f"cannot write {path}: a file stands where a folder above it should be") from None
     except OSError as error:
-        raise type(error)(f"cannot write {path}: {error.strerror}") from None
+        raise _about_writing(error, path) from None
     try:
         with os.fdopen(fd, "w" if text else "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
+            yield _Output(out, path)
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as error:
+                raise _about_writing(error, path) from None
         _publish(temporary, path, overwrite)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+class _Output:
+    """The temporary file as its writer sees it: a write that fails names the output."""
+
+    def __init__(self, file: IO, path: Path):
+        self._file, self._path = file, path
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            raise _about_writing(error, self._path) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+def _about_writing(error: OSError, path: Path) -> OSError:
+    """`error` (of the same type) as one about writing `path`."""
+    return type(error)(f"cannot write {path}: {error.strerror or error}")
 
 
 def special_file_kind(path: str | os.PathLike) -> str | None:

@@ -68,3 +68,16 @@ def test_an_unwritable_place_is_named_by_the_output_not_the_temporary_file(tmp_p
         with atomic_output(tmp_path / "afile" / "out.bin"):
             pass
     assert str(raised.value).startswith(f"cannot write {tmp_path / 'afile' / 'out.bin'}"), str(raised.value)
+
+
+def test_a_full_disk_is_reported_about_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as raised:
+        with atomic_output(target) as out:
+            out.write(b"data")
+    assert str(raised.value) == f"cannot write {target}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
