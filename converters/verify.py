@@ -29,7 +29,7 @@ from torch import nn
 
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import ConfigError, OfficialConfig
-from perceiver_io.inputs import dtype_name, fits_layout, input_specs
+from perceiver_io.inputs import dtype_name, fits_layout, input_specs, layout_text
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
@@ -169,7 +169,7 @@ def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, i
         raise ConfigError(f"{where}: the {task} model takes {sorted(specs)}, found {sorted(arrays)}")
     for name, spec in specs.items():
         array = arrays[name]
-        expected = f"[{','.join(map(str, spec.layout))}] ({spec.what})"
+        expected = layout_text(spec.layout, spec.what)
         if not fits_layout(array.shape, spec.layout):
             raise ConfigError(f"{where}: {name} has shape {list(array.shape)}, expected {expected}")
         if array.dtype.kind not in NUMPY_KINDS[spec.values]:

@@ -91,15 +91,15 @@ def check_tensor(
     `hint` ends each message: what the values must be, e.g. "channels last, in [0,1]". The messages are
     made only on failure: this runs on every forward pass."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected {_wanted(values, like)} {_expected(layout, hint)}, "
+        raise TypeError(f"{name}: expected {_wanted(values, like)} {layout_text(layout, hint)}, "
                         f"got a {type(value).__name__}")
     if not fits_layout(value.shape, layout):
-        raise ValueError(f"{name}: expected shape {_expected(layout, hint)}, got {list(value.shape)}")
+        raise ValueError(f"{name}: expected shape {layout_text(layout, hint)}, got {list(value.shape)}")
     if values == "floating" and value.dtype != like.dtype:
         raise TypeError(f"{name} is {dtype_name(value.dtype)} but the model computes in {dtype_name(like.dtype)}: "
-                        f"pass {_wanted(values, like)}{_expected((), hint)}")
+                        f"pass {_wanted(values, like)}{layout_text((), hint)}")
     if values == "integer" and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-        raise TypeError(f"{name} is {dtype_name(value.dtype)}: expected {_wanted(values, like)}{_expected((), hint)}")
+        raise TypeError(f"{name} is {dtype_name(value.dtype)}: expected {_wanted(values, like)}{layout_text((), hint)}")
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but the model is on {like.device}: move one of them")
 
@@ -113,8 +113,9 @@ def _wanted(values: str, like: torch.Tensor) -> str:
     return {"floating": f"a {dtype_name(like.dtype)} tensor", "integer": "an integer tensor", "any": "a tensor"}[values]
 
 
-def _expected(layout: Sequence[int | str], hint: str) -> str:
-    """`layout` as [B,224,224,3] (nothing when empty), then the hint in parentheses."""
+def layout_text(layout: Sequence[int | str], hint: str) -> str:
+    """`layout` as [B,224,224,3] (nothing when empty), then the hint in parentheses: how every check of
+    a call, here and in `converters.verify`, writes what it expected."""
     shape = f"[{','.join(map(str, layout))}]" if layout else ""
     return shape + (f" ({hint})" if hint else "")
 
