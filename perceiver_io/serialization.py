@@ -147,10 +147,11 @@ def _load_haiku(
 
 
 def task_of(model: nn.Module) -> str:
-    for name, task in TASKS.items():
-        if type(model) is task.model_type:
-            return name
-    raise ConfigError(f"{type(model).__name__} is not one of the task models {sorted(TASKS)}")
+    """The task a task model was built as (its `task`, kept from build to save to load)."""
+    task = getattr(model, "task", None)
+    if task not in TASKS or type(model) is not TASKS[task].model_type:
+        raise ConfigError(f"{type(model).__name__} is not one of the task models {sorted(TASKS)}")
+    return task
 
 
 def save(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -74,6 +74,8 @@ class LanguagePerceiver(nn.Module):
     the input embedding.
     """
 
+    task = "language_mlm"
+
     def __init__(self, config: LanguageConfig = LANGUAGE_MLM):
         super().__init__()
         decoder = BasicDecoder(config.decoder, config.encoder.num_z_channels)
@@ -109,10 +111,16 @@ class ImageClassifier(nn.Module):
 
     forward(images float [B,H,W,3], channels last, normalised as the colab: (x - mean*255) / (std*255))
     -> logits [B,num_classes].
+
+    `task` names the model type it is saved and verified as: `imagenet_learned`, `imagenet_fourier` or
+    `imagenet_conv`; by default the one whose preprocessing the config shares (`imagenet_task`).
     """
 
-    def __init__(self, config: ImageNetConfig = IMAGENET_FOURIER):
+    def __init__(self, config: ImageNetConfig = IMAGENET_FOURIER, task: str | None = None):
         super().__init__()
+        if task is not None and task not in IMAGENET_TASKS:
+            raise ConfigError(f"an ImageClassifier is one of the tasks {', '.join(IMAGENET_TASKS)}, not {task!r}")
+        self.task = task or imagenet_task(config)
         self.config = config
         preprocessor = ImagePreprocessor(config.input_preprocessor, in_channels=3, image_shape=config.image_size)
         self.perceiver = Perceiver(
@@ -126,6 +134,18 @@ class ImageClassifier(nn.Module):
         return self.perceiver(images)
 
 
+IMAGENET_TASKS = ("imagenet_learned", "imagenet_fourier", "imagenet_conv")
+
+
+def imagenet_task(config: ImageNetConfig) -> str:
+    """The ImageNet model type a config is: `imagenet_conv` with the conv stem, `imagenet_learned` with
+    learned input positions, otherwise `imagenet_fourier` (the three differ only by their configs)."""
+    preprocessor = config.input_preprocessor
+    if preprocessor.prep_type == "conv":
+        return "imagenet_conv"
+    return "imagenet_learned" if preprocessor.position_encoding_type == "trainable" else "imagenet_fourier"
+
+
 class OpticalFlow(nn.Module):
     """Optical flow between two frames (the official `optical_flow` colab).
 
@@ -134,6 +154,8 @@ class OpticalFlow(nn.Module):
     `raw_flow` gives the decoder's output itself (the model's prediction divided by rescale_factor, 100).
     Frames of other sizes go through `perceiver_io.flow.tiled_flow`.
     """
+
+    task = "optical_flow"
 
     def __init__(self, config: FlowConfig = OPTICAL_FLOW):
         super().__init__()
@@ -166,6 +188,8 @@ class VideoAutoencoder(nn.Module):
     ones sit at -1 + 2 * coordinate / n: a call without `subsampled_points` does not give what
     `reconstruct` (the colab's chunked decoding) gives.
     """
+
+    task = "multimodal_autoencoding"
 
     def __init__(self, config: MultimodalConfig = MULTIMODAL_AUTOENCODING):
         super().__init__()
@@ -282,6 +306,8 @@ class CustomPerceiver(nn.Module):
     trained in Haiku with the official modules. forward(inputs, input_mask, query_mask, subsampled_points)
     is the official `Perceiver.__call__`."""
 
+    task = "perceiver"
+
     def __init__(self, config: PerceiverConfig):
         super().__init__()
         self.config = config
@@ -335,8 +361,9 @@ def get_task(name: str) -> Task:
 def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> nn.Module:
     """A freshly initialised model of `task` (the released configuration unless `config` is given)."""
     config = parse_config(task, config)
+    model_type = get_task(task).model_type
     try:
-        return get_task(task).model_type(config)
+        return model_type(config, task) if model_type is ImageClassifier else model_type(config)
     except ConfigError:
         raise
     except ValueError as error:
