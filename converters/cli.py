@@ -4,17 +4,19 @@
     convert-checkpoint --example [-o DST] [--force]
     convert-checkpoint --download --task TASK [-o DST] [--config CONFIG.json] [--force]
     convert-checkpoint --list
-    convert-checkpoint verify SRC [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
+    convert-checkpoint verify [SRC] [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
                        [--inputs INPUTS.npz] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-                       [--tolerance T] [--json] [--save-reference REF.npz [--force] | --reference REF.npz]
+                       [--tolerance T] [--json] [--save-reference REF.npz [--force]]
+                       [--reference REF.npz | --jax-outputs OUT.npz | --haiku-fn MODULE:FUNCTION]
     convert-checkpoint export SRC.safetensors -o DST.pickle|DST.npz [--force]
 
 The second form is the project's main job on the small checkpoint that ships with it: convert, load,
-run, and print the parity against the official JAX outputs and the Haiku reference. The third fetches
+run, and print the parity against the official JAX outputs and the JAX reference. The third fetches
 the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it there.
-The fourth lists the released checkpoints and what the cache holds of them. The fifth runs the Haiku
-reference and the PyTorch model on the same inputs and reports the error of every stage
-(`converters.verify`); it exits 1 when a stage is over tolerance. The sixth writes a converted (or
+The fourth lists the released checkpoints and what the cache holds of them. The fifth runs a JAX
+reference (the project's, the user's own outputs or Haiku function, or a saved one) and the PyTorch model
+on the same inputs and reports the error of every stage (`converters.verify`); it exits 1 when a stage is
+over tolerance. The sixth writes a converted (or
 fine-tuned) model back as a Haiku checkpoint, in the released pickle format or as npz (`converters.export`).
 
 Exit status: 0 done, 1 a verify stage over tolerance (or a failed --example parity), 2 bad input (a
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convert-checkpoint",
         description="Convert a Haiku (JAX) Perceiver IO checkpoint to a PyTorch safetensors file.",
-        epilog="To check a conversion against the Haiku reference, stage by stage: convert-checkpoint verify --help",
+        epilog="To check a conversion against a JAX reference, stage by stage: convert-checkpoint verify --help",
     )
     parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
     parser.add_argument("-o", "--output", help="the safetensors file to write")
@@ -112,7 +114,7 @@ def _run_example(output: Path, force: bool) -> int:
     from perceiver_io.serialization import load
 
     from .haiku_pickle import load_haiku_checkpoint
-    from .parity import compare, haiku_available, run_haiku_reference, run_torch
+    from .parity import compare, jax_available, run_jax_reference, run_torch
     from .verify import is_compared_stage, stage_sort_key
 
     example = resources.files("converters") / "examples" / EXAMPLE_TASK
@@ -129,12 +131,12 @@ def _run_example(output: Path, force: bool) -> int:
     ours = run_torch(model, inputs)
     ours = {name: ours[name] for name in sorted(filter(is_compared_stage, ours), key=stage_sort_key)}
     rows = [("official JAX outputs (stored)", compare({"out": ours["out"]}, official))]
-    if haiku_available():
-        reference = run_haiku_reference(checkpoint, EXAMPLE_TASK, config, inputs)
-        rows.append(("Haiku reference (run now)", compare(ours, reference)))
+    if jax_available():
+        reference = run_jax_reference(checkpoint, EXAMPLE_TASK, config, inputs)
+        rows.append(("JAX reference (run now)", compare(ours, reference)))
     else:
-        print("jax/dm-haiku not installed: comparing with the stored official outputs only "
-              "(pip install '.[jax]' to run the Haiku reference too)")
+        print("jax not installed: comparing with the stored official outputs only "
+              "(pip install '.[jax]' to run the JAX reference too)")
     print(f"\nparity of {output} (PyTorch) on the example batch {inputs['inputs'].shape}:")
     print(f"  {'against':32s} {'stage':26s} {'max abs error':>14s} {'scale':>8s}")
     worst = 0.0
@@ -187,33 +189,44 @@ def _verify_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="convert-checkpoint verify",
-        description="Run the Haiku reference (float32, JAX on CPU) and the PyTorch model on the same inputs, "
-        "and report for every stage the max abs error, the error relative to the stage's scale, and the first "
-        "stage over tolerance. Exit status: 0 all within tolerance, 1 over tolerance, 2 bad input.",
+        description="Run a JAX reference and the PyTorch model on the same inputs, and report for every stage the "
+        "max abs error, the error relative to the stage's scale, and the first stage over tolerance. The reference "
+        "is the project's JAX reference run on --config (default), which proves the conversion computes what the "
+        "official modules compute under that configuration; a configuration that keeps every shape but changes "
+        "the numbers is caught only against your own outputs (--jax-outputs) or your own Haiku code (--haiku-fn). "
+        "Exit status: 0 all within tolerance, 1 over tolerance, 2 bad input.",
     )
     parser.add_argument("source", nargs="?",
                         help="the Haiku checkpoint: a released name (" + ", ".join(hub.RELEASES) + "; downloaded "
                         "into the cache if needed) or a .pickle/.pystate/.npz file")
-    parser.add_argument("--task", choices=TASK_CHOICES, help="the checkpoint's model (required for a file)")
+    parser.add_argument("--task", choices=TASK_CHOICES, help="the checkpoint's model (required for a file, unless "
+                        "--converted or --reference names it)")
     parser.add_argument("--config", help="JSON file with the model's configuration in official colab keys "
                         "(default: the task's released configuration)")
     parser.add_argument("--converted", help="the PyTorch conversion to check (.safetensors); default: convert SRC "
                         "in memory")
-    parser.add_argument("--inputs", help="npz file of the official call's arguments (e.g. a golden inputs.npz); "
-                        "default: deterministic synthetic inputs of the right kind for the task and config")
+    parser.add_argument("--inputs", help="npz file of the official call's arguments (e.g. a golden inputs.npz; "
+                        "nested ones as subsampling/image); default: deterministic synthetic inputs of the right "
+                        "kind for the task and config")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="PyTorch's dtype (default float32)")
     parser.add_argument("--tolerance", type=float,
                         help="max error relative to each stage's scale (default: 1e-4 in float32, 1e-3 for "
                         "multimodal_autoencoding; 4e-2 in bfloat16, 5e-3 in float16)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--save-reference", metavar="REF.npz",
+                        help="also write the reference's inputs and stages to REF.npz")
+    parser.add_argument("--force", action="store_true", help="replace the --save-reference file if it exists")
     reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--save-reference", metavar="REF.npz",
-                           help="also write the reference's inputs and stages to REF.npz")
     reference.add_argument("--reference", metavar="REF.npz",
                            help="compare with a reference saved by --save-reference instead of running JAX "
-                           "(its inputs are used; no jax or dm-haiku needed)")
-    parser.add_argument("--force", action="store_true", help="replace the --save-reference file if it exists")
+                           "(its inputs are used; no jax needed)")
+    reference.add_argument("--jax-outputs", metavar="OUT.npz",
+                           help="compare with outputs your own JAX code computed on --inputs: the output under "
+                           "'out', or a mapping of outputs under 'out/<name>' (no jax needed)")
+    reference.add_argument("--haiku-fn", metavar="MODULE:FUNCTION",
+                           help="run your own Haiku forward function (package.module:function or file.py:function; "
+                           "hk.transform-able, called with the inputs as keyword arguments) on SRC as the reference")
     return parser
 
 
@@ -221,14 +234,22 @@ def _verify(argv: list[str]) -> int:
     from perceiver_io.serialization import load, task_of
 
     from .haiku_pickle import load_haiku_checkpoint
-    from .parity import haiku_available
-    from .verify import DTYPES, check_device, compute_reference, load_reference, read_inputs, synthetic_inputs
-    from .verify import verify_model
+    from .parity import jax_available
+    from .verify import DTYPES, check_device, compute_reference, load_reference, read_inputs, read_jax_outputs
+    from .verify import run_haiku_function, synthetic_inputs, verify_model
 
     args = _verify_parser().parse_args(argv)
     check_device(args.device)
     if args.tolerance is not None and not args.tolerance > 0:
         raise ConfigError(f"--tolerance must be positive, got {args.tolerance}")
+    if args.reference and (args.inputs or args.save_reference):
+        raise ConfigError("--reference brings its own inputs and is saved already; leave out --inputs and "
+                          "--save-reference")
+    if args.jax_outputs and not args.inputs:
+        raise ConfigError("--jax-outputs needs --inputs, the file of the arguments your JAX code was called with")
+    if not (args.source or args.converted or args.reference):
+        raise ConfigError("give SRC, the Haiku checkpoint (or --converted FILE.safetensors with --reference REF.npz "
+                          "or --jax-outputs OUT.npz)")
     save_to = _output_path(args.save_reference, "--save-reference") if args.save_reference else None
     if save_to:
         check_output(save_to, args.force)
@@ -250,32 +271,41 @@ def _verify(argv: list[str]) -> int:
                                         f"name ({', '.join(hub.RELEASES)})")
 
     if args.reference:
-        if args.inputs:
-            raise ConfigError("--reference brings its own inputs; leave out --inputs")
         reference = load_reference(args.reference)
         if task and task != reference.task:
             raise ConfigError(f"{args.reference} is a reference of {reference.task}, not of {task}")
         task, config = reference.task, config or reference.config
-    else:
-        if source is None:
-            raise ConfigError("give SRC, the Haiku checkpoint (or --reference REF.npz with --converted)")
-        if not task:
-            raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
-        if not haiku_available():
-            raise ConfigError("the Haiku reference needs jax and dm-haiku (pip install '.[jax]'), or compare with "
-                              "a reference saved elsewhere: --reference REF.npz")
-        if task not in TASKS:
-            raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
+    dtype = DTYPES[args.dtype]
+    model = None
+    if args.converted:
+        model = load(args.converted, args.device, dtype)
+        if task and task_of(model) != task:
+            raise ConfigError(f"{args.converted} holds a {task_of(model)} model, not {task}")
+        task = task_of(model)
+        if source is None and not config:
+            config = model.config
+    if not task:
+        raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
+    if task not in TASKS:
+        raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
+    if not args.reference:
         inputs = read_inputs(args.inputs, task, config) if args.inputs else synthetic_inputs(task, config)
-        reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
+        if args.jax_outputs:
+            reference = read_jax_outputs(args.jax_outputs, task, config, inputs, args.inputs)
+        elif source is None:
+            raise ConfigError(f"the {'Haiku function' if args.haiku_fn else 'JAX reference'} runs on the Haiku "
+                              "checkpoint: give SRC (or compare with --reference REF.npz or --jax-outputs OUT.npz)")
+        elif args.haiku_fn:
+            reference = run_haiku_function(args.haiku_fn, load_haiku_checkpoint(source), task, config, inputs)
+        elif not jax_available():
+            raise ConfigError("the JAX reference needs jax (pip install '.[jax]'), or compare with a reference "
+                              "saved elsewhere: --reference REF.npz")
+        else:
+            reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
         if save_to:
             reference.save(save_to, overwrite=args.force)
 
-    dtype = DTYPES[args.dtype]
-    if args.converted:
-        model = load(args.converted, args.device, dtype)
-        if task_of(model) != task:
-            raise ConfigError(f"{args.converted} holds a {task_of(model)} model, not {task}")
+    if model is not None:
         if model.config != parse_config(task, config):
             raise ConfigError(f"{args.converted} holds another configuration of {task} than the reference's "
                               "(give the checkpoint's --config)")
@@ -284,7 +314,8 @@ def _verify(argv: list[str]) -> int:
         model = load(source, args.device, dtype, task=task, config=config)
         origin = f"{source} (converted in memory)"
     else:
-        raise ConfigError("with --reference, give the PyTorch model: --converted FILE.safetensors or SRC")
+        raise ConfigError("with --reference or --jax-outputs, give the PyTorch model: --converted "
+                          "FILE.safetensors or SRC")
     report = verify_model(model, reference, model_origin=origin, tolerance=args.tolerance)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0 if report.passed else 1

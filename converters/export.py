@@ -1,5 +1,5 @@
 """PyTorch models back to Haiku: a model trained or fine-tuned here, written as a Haiku checkpoint that
-the Haiku code (the official one, or `haiku_reference`) loads and runs with the same outputs.
+the Haiku code (the official one) loads, and the JAX reference runs, with the same outputs.
 
 The conversion rules run in reverse (`convert.export_tree`): every PyTorch parameter and buffer goes
 back to its official module path, leaf name and layout, BatchNorm statistics included.

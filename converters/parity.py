@@ -1,5 +1,5 @@
 """Parity of a converted PyTorch model with the JAX side: the official outputs stored with an example
-and, when jax and dm-haiku are installed, the Haiku reference run on the same inputs.
+and, when jax is installed, the project's JAX reference (`converters.jax_reference`) run on the same inputs.
 
 Stages are compared as well as the final output, so an error is located: each stage is the output of a
 PyTorch submodule, captured with a forward hook, against the reference's intermediate of the same name.
@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from perceiver_io.configs import OfficialConfig
 
 from .haiku_pickle import HaikuCheckpoint
 
@@ -65,11 +67,20 @@ def _numpy(value) -> np.ndarray | dict[str, np.ndarray]:
     return value.detach().float().cpu().numpy()
 
 
-def _flatten(stages: dict) -> dict[str, np.ndarray]:
-    """{'a': {'b': x}} -> {'a/b': x}, the reference's naming of per-modality intermediates."""
+def flatten_outputs(out: Any) -> dict[str, np.ndarray]:
+    """A model's output as stages: an array as `out`, a mapping or a sequence of them as `out/<key>`
+    (`out/<index>`), nested ones joined with `/`; None values left out."""
+    return {name: np.asarray(value) for name, value in _flatten({"out": out}).items() if value is not None}
+
+
+def _flatten(stages: Mapping) -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x}, the reference's naming of per-modality intermediates (a sequence's
+    items named by their index)."""
     flat = {}
     for name, value in stages.items():
-        if isinstance(value, dict):
+        if isinstance(value, (list, tuple)):
+            value = {str(index): item for index, item in enumerate(value)}
+        if isinstance(value, Mapping):
             flat.update({f"{name}/{key}": item for key, item in _flatten(value).items()})
         else:
             flat[name] = value
@@ -126,28 +137,27 @@ def _to_torch(value, device, dtype):
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def haiku_available() -> bool:
-    return importlib.util.find_spec("jax") is not None and importlib.util.find_spec("haiku") is not None
+def jax_available() -> bool:
+    return importlib.util.find_spec("jax") is not None
 
 
-def run_haiku_reference(
-    checkpoint: HaikuCheckpoint, task: str, config_official: dict, inputs: Mapping[str, Any]
+def run_jax_reference(
+    checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig | Mapping[str, Any] | None,
+    inputs: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-    """The Haiku reference's intermediates and final `out` (`out/<modality>` for the multimodal model) on
-    `inputs` (the official call's keyword arguments), in float32 on JAX's CPU device with full-precision
-    matmuls whatever accelerator JAX sees (needs jax and dm-haiku).
+    """The JAX reference's (`converters.jax_reference`) intermediates and final `out` (`out/<modality>` for
+    the multimodal model) on `inputs` (the official call's keyword arguments), in float32 on JAX's CPU device
+    with full-precision matmuls whatever accelerator JAX sees (needs jax).
 
-    The apply runs under `jax.jit`, as the flow colab runs it: 3 to 5 times faster than eager on the
-    golden models, and within the official code's own eager-vs-jit differences (NOTES §8: at most 1e-5
-    on the golden batches, 1e-4 on the multimodal audio)."""
+    The apply runs under `jax.jit`, as the flow colab runs the official model: 3 to 5 times faster than
+    eager on the golden models, and within the official code's own eager-vs-jit differences (NOTES §8: at
+    most 1e-5 on the golden batches, 1e-4 on the multimodal audio)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # if jax is not imported yet: leave the GPU to PyTorch
     import jax
 
-    from .haiku_reference.tasks import build
+    from .jax_reference import build
 
-    apply = jax.jit(build(task, config_official).apply)
+    apply = jax.jit(build(task, config).apply)
     with jax.default_device(jax.devices("cpu")[0]), jax.default_matmul_precision("highest"):
         (out, intermediates), _ = apply(checkpoint.params, checkpoint.state, jax.random.PRNGKey(0), **inputs)
-        result = {name: np.asarray(value) for name, value in intermediates.items()}
-        result.update(_flatten({"out": jax.tree_util.tree_map(np.asarray, out)}))
-    return result
+        return _flatten(jax.tree_util.tree_map(np.asarray, {**intermediates, "out": out}))

@@ -1,23 +1,35 @@
-"""Parity of a PyTorch conversion with the Haiku reference, stage by stage, on CPU or GPU, in float32,
+"""Parity of a PyTorch conversion with a JAX reference, stage by stage, on CPU or GPU, in float32,
 bfloat16 or float16: what `convert-checkpoint verify` runs.
 
-The same inputs go through the Haiku reference (`converters.haiku_reference`, always float32 on JAX's
-CPU) and through the PyTorch model (on `device`, in `dtype`). Every stage both record is compared, in
-the order the data flows: the preprocessor's output, the latents, the encoder after its cross-attention
-and after each self-attention application, the decoder queries, the decoder output, the final output.
+The same inputs go through a reference and through the PyTorch model (on `device`, in `dtype`). The
+reference is one of:
+
+- the project's JAX reference (`converters.jax_reference`, float32 on JAX's CPU) run now, on the
+  configuration given: every stage is compared, in the order the data flows (the preprocessor's output,
+  the latents, the encoder after its cross-attention and after each self-attention application, the
+  decoder queries, the decoder output, the final output). It proves the conversion computes what the
+  official modules compute *under that configuration*; a configuration that keeps every shape but
+  changes the numbers (another `num_blocks`, head count, `num_bands`...) runs the same wrong model on
+  both sides and passes;
+- outputs the user computed with their own JAX code on the same inputs (`read_jax_outputs`), or the
+  user's own Haiku forward function run now on the checkpoint (`run_haiku_function`): only the outputs
+  are compared, and a configuration that does not describe the checkpoint fails;
+- a reference saved earlier (`Reference.save`, `load_reference`), so that a machine without jax (a GPU
+  machine, say) can verify against it.
+
 A stage passes when its max abs error is within `tolerance` times its scale (the max |value| of the
 reference's stage); the first stage over tolerance is where the conversion goes wrong, since every later
 stage inherits its error.
-
-The reference's stages (with the inputs they were computed on) can be saved to an npz file and read back,
-so that a machine without jax or dm-haiku (a GPU machine, say) can verify against them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +45,7 @@ from perceiver_io.inputs import dtype_name, fits_layout, input_specs, layout_tex
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
-from .parity import max_abs_error, run_haiku_reference, run_torch
+from .parity import flatten_outputs, max_abs_error, run_jax_reference, run_torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,15 +102,8 @@ def is_compared_stage(name: str) -> bool:
 
 
 def reference_config(task: str, config: OfficialConfig | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The configuration as the Haiku reference's builders take it (the keys the colabs pass): ours
-    written out (`to_official` writes every key), without the None values, which stand for the official
-    defaults."""
-    return _without_none(parse_config(task, config).to_official())
-
-
-def _without_none(values: dict) -> dict:
-    return {key: _without_none(value) if isinstance(value, dict) else value
-            for key, value in values.items() if value is not None}
+    """The configuration as a reference file records it: every official key (`to_official`)."""
+    return parse_config(task, config).to_official()
 
 
 def synthetic_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -236,7 +241,7 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class Reference:
-    """The Haiku reference's stages on `inputs` (official call arguments) for `task` under `config`."""
+    """A reference's stages on `inputs` (official call arguments) for `task` under `config`."""
 
     task: str
     config: dict[str, Any]
@@ -258,15 +263,93 @@ class Reference:
 def compute_reference(
     checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping
 ) -> Reference:
-    """Runs the Haiku reference (float32, JAX on CPU); needs jax and dm-haiku."""
-    official = reference_config(task, config)
-    stages = run_haiku_reference(checkpoint, task, official, inputs)
+    """Runs the project's JAX reference (float32, JAX on CPU) on the checkpoint; needs jax."""
+    stages = run_jax_reference(checkpoint, task, parse_config(task, config), inputs)
     stages = {name: value for name, value in stages.items() if is_compared_stage(name)}
-    import haiku
     import jax
 
-    origin = f"Haiku reference run now (jax {jax.__version__}, dm-haiku {haiku.__version__}, float32 on CPU)"
-    return Reference(task, official, dict(inputs), stages, origin)
+    origin = f"JAX reference run now (jax {jax.__version__}, float32 on CPU)"
+    return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
+
+
+def read_jax_outputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None,
+                     inputs: Mapping[str, Any], inputs_path: str | Path) -> Reference:
+    """The outputs the user's own JAX code computed on `inputs` (read from `inputs_path`), as a reference
+    whose only stages are the outputs. The npz file holds the output under `out`, or a mapping of outputs
+    (the multimodal model's) under `out/<name>`; a file without `out` names is read as that mapping's
+    names (`audio`, `image`, `label`), and a file of one array as the output itself."""
+    flat = _read_npz(path, "outputs")
+    if not flat:
+        raise ConfigError(f"outputs file {path} holds no array")
+    if not any(name == "out" or name.startswith("out/") for name in flat):
+        flat = {"out": next(iter(flat.values()))} if len(flat) == 1 else {f"out/{name}": v for name, v in flat.items()}
+    unknown = sorted(name for name in flat if not (name == "out" or name.startswith("out/")))
+    if unknown:
+        raise ConfigError(f"outputs file {path}: {unknown} are not outputs; name the output `out` (or `out/<name>` "
+                          "for each output of a mapping)")
+    origin = f"your JAX outputs {path} on {inputs_path}"
+    return Reference(task, reference_config(task, config), dict(inputs), flat, origin)
+
+
+def load_haiku_function(spec: str):
+    """The callable that `spec` names: `package.module:function`, or `path/to/file.py:function`."""
+
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise ConfigError(f"--haiku-fn {spec}: expected module:function (a module path or a .py file, then the "
+                          "function's name)")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            if not Path(module_name).is_file():
+                raise ConfigError(f"--haiku-fn {spec}: no Python file at {module_name}")
+            loaded = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            module = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except Exception as error:  # the user's module failed to import
+        raise ConfigError(f"--haiku-fn {spec}: importing {module_name} failed: {_one_line(error)}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"--haiku-fn {spec}: {module_name} has no function {function_name!r}")
+    return function
+
+
+def run_haiku_function(spec: str, checkpoint: HaikuCheckpoint, task: str,
+                       config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> Reference:
+    """The user's Haiku forward function `spec` (see `load_haiku_function`), transformed with
+    `hk.transform_with_state` and applied, unjitted, to the checkpoint's parameters and state and to `inputs`
+    as keyword arguments (the official call's: `images`; `inputs`, `input_mask`; `images`, `audio`,
+    `subsampling`), in float32 on JAX's CPU device with full-precision matmuls. Its return value (an array,
+    or a mapping or sequence of them) is the reference's outputs. Needs jax and dm-haiku."""
+    if importlib.util.find_spec("haiku") is None or importlib.util.find_spec("jax") is None:
+        raise ConfigError("--haiku-fn needs jax and dm-haiku (pip install '.[jax]')")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import haiku as hk
+    import jax
+
+    function = load_haiku_function(spec)
+    arguments = dict(inputs)
+    if "subsampling" in arguments:
+        arguments["subsampling"] = {"label": None, **arguments["subsampling"]}  # as the colab passes it
+    try:
+        with jax.default_device(jax.devices("cpu")[0]), jax.default_matmul_precision("highest"):
+            out, _ = hk.transform_with_state(function).apply(
+                checkpoint.params, checkpoint.state, jax.random.PRNGKey(0), **arguments)
+            stages = flatten_outputs(out)
+    except Exception as error:  # the user's code failed on this checkpoint or these inputs
+        raise ConfigError(f"--haiku-fn {spec} failed on the checkpoint and inputs: {_one_line(error)}") from None
+    origin = f"your Haiku function {spec} run now (jax {jax.__version__}, dm-haiku {hk.__version__}, float32 on CPU)"
+    return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as `Type: first line of its message`, cut at 300 characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def load_reference(path: str | Path) -> Reference:
@@ -321,6 +404,11 @@ class VerifyReport:
     def passed(self) -> bool:
         return bool(self.stages) and self.first_failure is None
 
+    @property
+    def outputs_only(self) -> bool:
+        """Whether the reference had only outputs to compare (the user's outputs or Haiku function)."""
+        return bool(self.stages) and all(check.stage.partition("/")[0] == "out" for check in self.stages)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for check in out["stages"]:
@@ -349,7 +437,9 @@ class VerifyReport:
                 f"  {check.stage:28s} {shape:>16s} {check.max_abs_error:14.3e} {check.scale:10.4g} "
                 f"{check.relative_error:11.2e}  {mark}{note}"
             )
-        if self.only_in_pytorch:
+        if self.outputs_only:
+            lines.append("  the reference holds outputs only: the intermediate stages are not compared")
+        elif self.only_in_pytorch:
             lines.append(f"  not recorded by the reference: {', '.join(self.only_in_pytorch)}")
         if self.only_in_reference:
             lines.append(f"  not recorded by the PyTorch model: {', '.join(self.only_in_reference)}")
@@ -362,8 +452,13 @@ class VerifyReport:
             lines.append("FAIL: no stage to compare")
         else:
             failed = next(check for check in self.stages if check.stage == first)
-            lines.append(f"FAIL: first stage over tolerance: {first} ({failed.relative_error:.2e} > "
-                         f"{self.tolerance:g}); the stages computed from it inherit its error")
+            over = f"{first} ({failed.relative_error:.2e} > {self.tolerance:g})"
+            if self.outputs_only:
+                lines.append(f"FAIL: {over} differs from your JAX code's. Either the conversion or the configuration "
+                             "differs from your code; if verify passes against the JAX reference (without "
+                             "--jax-outputs and --haiku-fn), the configuration does not describe this checkpoint")
+            else:
+                lines.append(f"FAIL: first stage over tolerance: {over}; the stages computed from it inherit its error")
         return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ class InputSpec:
 
 
 def input_specs(config: OfficialConfig) -> dict[str, InputSpec]:
-    """The arrays of the official call of the model `config` describes (those of the Haiku reference's
+    """The arrays of the official call of the model `config` describes (those of the JAX reference's
     apply), nested ones as `name/key`."""
     if isinstance(config, LanguageConfig):
         tokens = ("B", config.max_seq_len)

@@ -14,7 +14,7 @@ of 128 chunks), in four implementations with random weights:
 - `transformers`: Hugging Face's Perceiver models (PerceiverForMaskedLM, ...ImageClassificationLearned /
   Fourier / ConvProcessing, ...OpticalFlow, ...MultimodalAutoencoding), configured as the released
   models (the same parameter counts as the official manifests), eval mode, `torch.inference_mode`;
-- `jax`: the Haiku reference (`converters.haiku_reference.tasks.build`) under `jax.jit`, with the
+- `jax`: the project's JAX reference (`converters.jax_reference.build`) under `jax.jit`, with the
   manifest's configuration and a random parameter tree of the manifest's shapes. Its apply also returns
   the recorded intermediates, as the reference always does.
 
@@ -223,7 +223,7 @@ def _jax(args) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from converters.haiku_reference.tasks import build
+    from converters.jax_reference import build
 
     baseline = _rss()
     manifest = json.loads((ROOT / "tests" / "data" / "manifests" / f"{args.task}.json").read_text())
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-compiled", action="store_true", help="leave out the compiled port (it takes the "
                         "longest: about a minute of compilation per task on 2 cores)")
     parser.add_argument("--skip-transformers", action="store_true", help="leave out Hugging Face transformers")
-    parser.add_argument("--skip-jax", action="store_true", help="leave out the Haiku reference")
+    parser.add_argument("--skip-jax", action="store_true", help="leave out the JAX reference")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument("--child", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)

@@ -1,31 +1,24 @@
 """The parity suite on a GPU: every ported task's golden checkpoint (`tests/data/golden/<task>`) converted
-and run by PyTorch on CUDA in float32, bfloat16 and float16, against the Haiku reference (float32, JAX on
+and run by PyTorch on CUDA in float32, bfloat16 and float16, against the JAX reference (float32, JAX on
 CPU), stage by stage as `convert-checkpoint verify` reports it. Prints a table per task and run, then a
 summary; exit status 0 when every run is within its tolerance, 1 otherwise, 2 on bad input.
 
     python3 scripts/gpu_parity.py                                  # cuda if PyTorch sees one, else cpu
     python3 scripts/gpu_parity.py --device cpu --dtypes float32 --tasks language_mlm
     python3 scripts/gpu_parity.py --device cpu --save-references .parity-references   # JAX here, saved
-    python3 scripts/gpu_parity.py --references .parity-references  # no jax or dm-haiku needed
+    python3 scripts/gpu_parity.py --references .parity-references  # no jax needed
 
-The reference runs once per task and serves every dtype. It needs jax and dm-haiku; the GPU machines of
-this workplace have jax (0.11.2) but not dm-haiku or jmp. Both are pure Python: fetch the wheels here, in
-the repository root, and carry the folder (`scripts/gpu_parity.sh` installs it there):
+The reference runs once per task and serves every dtype. It needs jax only (not dm-haiku); the GPU
+machines of this workplace have jax (0.11.2). Pure-Python wheels a machine lacks can be fetched here, in
+the repository root, into .whl and carried (`scripts/gpu_parity.sh` installs that folder into /tmp/site):
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl dm-haiku==0.0.17 jmp==0.0.4
+        -d .whl PACKAGE==VERSION
 
-and on the GPU machine (the device tool's run, with carry [".whl"]):
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
-        .whl/*.whl && export PYTHONPATH=/tmp/site
-    python3 scripts/gpu_parity.py
-
-If jax is missing there too, add its wheels to .whl (`jax`, `jaxlib`, `ml_dtypes`, `opt_einsum`, `scipy`,
-`absl-py`, `tabulate`, at the versions `pip show` gives here; jaxlib alone is about 80 MB, over the
-device tool's 64 MiB for what travels), or compute the references here and carry them instead:
+Where jax is missing (jaxlib alone is about 80 MB, over the device tool's 64 MiB for what travels),
+compute the references here and carry them instead:
 
     echo /.parity-references/ >> .git/info/exclude
     python3 scripts/gpu_parity.py --device cpu --save-references .parity-references
@@ -50,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # the project need not be installed on the GPU ma
 import torch  # noqa: E402
 
 from converters.haiku_pickle import load_haiku_checkpoint  # noqa: E402
-from converters.parity import haiku_available  # noqa: E402
+from converters.parity import jax_available  # noqa: E402
 from converters.verify import DTYPES, compute_reference, load_reference, read_inputs, verify_model  # noqa: E402
 from perceiver_io.configs import ConfigError  # noqa: E402
 from perceiver_io.serialization import load  # noqa: E402
@@ -83,8 +76,8 @@ def _reference(task: str, folder: Path, args: argparse.Namespace):
         if reference.task != task:
             raise ConfigError(f"{args.references / f'{task}.npz'} is a reference of {reference.task}")
         return reference, config
-    if not haiku_available():
-        raise ConfigError("jax and dm-haiku are needed for the reference: bring their wheels, or pass "
+    if not jax_available():
+        raise ConfigError("jax is needed for the reference: bring its wheels, or pass "
                           "--references with references saved elsewhere (see this script's docstring)")
     checkpoint = load_haiku_checkpoint(folder / json.loads((folder / "config.json").read_text())["checkpoint_file"])
     reference = compute_reference(checkpoint, task, config, read_inputs(folder / "inputs.npz", task, config))

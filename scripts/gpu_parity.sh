@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU parity suite on the GPU machine, from the repository root: installs the wheels carried in .whl
-# (dm-haiku and jmp; see scripts/gpu_parity.py's docstring for the `pip download` that fetches them) into
+# The GPU parity suite on the GPU machine, from the repository root: installs the wheels carried in .whl,
+# if any (see scripts/gpu_parity.py's docstring for the `pip download` that fetches them), into
 # /tmp/site, then runs scripts/gpu_parity.py on cuda in float32, bfloat16 and float16. References saved
 # here in .parity-references are used when that folder was carried; the log goes to $OUT when it is set.
 #

@@ -63,11 +63,11 @@ def test_impossible_configurations_are_config_errors(golden_language):
 
 
 RELEASED = [task for task, (_, released) in TASK_CONFIGS.items() if released is not None]
-CUSTOM = json.loads((DATA / "generic_reference_trees.json").read_text())["models"]
+CUSTOM = json.loads((DATA / "custom_reference_trees.json").read_text())["models"]
 BASES = {task: json.loads((GOLDEN / task / "reduced_config.json").read_text()) for task in RELEASED} | {
     name: model["config"] for name, model in CUSTOM.items()
 }
-"""The golden reduced configs by task, and the custom configs the Haiku reference records, by name."""
+"""The golden reduced configs by task, and the recorded custom configs, by name."""
 
 
 def _task(base: str) -> str:

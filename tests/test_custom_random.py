@@ -1,6 +1,6 @@
 """Custom Perceivers of the official building set: random configurations across the official options,
-built in the Haiku reference and in PyTorch, converted (every leaf re-randomised first), and compared in
-eval mode; the configurations the Haiku reference's own tests record are checked the same way."""
+built in the JAX reference and in PyTorch, converted (every leaf re-randomised first), and compared in
+eval mode; the recorded custom configurations (`custom_reference_trees.json`) are checked the same way."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("haiku")
+pytest.importorskip("jax")
 import jax  # noqa: E402
 
 from converters.convert import convert_tree, export_tree  # noqa: E402
-from converters.haiku_reference.tasks import build  # noqa: E402
+from converters.jax_reference import build  # noqa: E402
 from perceiver_io.tasks import build_model  # noqa: E402
 
 from .conftest import DATA  # noqa: E402
@@ -54,7 +54,7 @@ def _torch(value):
 
 
 def check(config, seed, subsampled_points=None, input_mask=None):
-    """Haiku reference vs converted PyTorch model on one random batch; returns the relative error."""
+    """JAX reference vs converted PyTorch model on one random batch; returns the relative error."""
     rng = np.random.default_rng(seed)
     inputs = _inputs(config, 2, rng)
     call = {"input_mask": input_mask, "subsampled_points": subsampled_points}
@@ -87,7 +87,7 @@ def check(config, seed, subsampled_points=None, input_mask=None):
     return error
 
 
-RECORDED = json.loads((DATA / "generic_reference_trees.json").read_text())["models"]
+RECORDED = json.loads((DATA / "custom_reference_trees.json").read_text())["models"]
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))

@@ -1,6 +1,6 @@
-"""Property tests: random language configurations built in the Haiku reference and in PyTorch.
+"""Property tests: random language configurations built in the JAX reference and in PyTorch.
 
-For each drawn configuration, the Haiku reference initialises a tree (every leaf then re-randomised,
+For each drawn configuration, the JAX reference initialises a tree (every leaf then re-randomised,
 so no bias or LayerNorm parameter is trivially 0 or 1), the tree is converted, and both models run on
 the same random batch (with padding and fully padded rows). Haiku -> PyTorch -> Haiku is the identity.
 """
@@ -13,11 +13,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("haiku")
+pytest.importorskip("jax")
 import jax  # noqa: E402
 
 from converters.convert import convert_tree, export_tree  # noqa: E402
-from converters.haiku_reference.tasks import build  # noqa: E402
+from converters.jax_reference import build  # noqa: E402
 from perceiver_io.tasks import build_model  # noqa: E402
 
 TOLERANCE = 1e-4

@@ -1,6 +1,6 @@
 """Training mode as the official one: BatchNorm statistics follow Haiku's EMA, one SGD step in PyTorch
 equals the same step in JAX, gradients reach every parameter, and a fine-tuned model exported back to
-Haiku runs in the Haiku reference with the PyTorch outputs."""
+Haiku runs in the JAX reference with the PyTorch outputs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 from converters.convert import convert_tree, export_tree  # noqa: E402
 from converters.export import export_haiku_checkpoint  # noqa: E402
 from converters.haiku_pickle import load_haiku_checkpoint  # noqa: E402
-from converters.haiku_reference.tasks import build  # noqa: E402
+from converters.jax_reference import build  # noqa: E402
 from perceiver_io.conv import BatchNorm  # noqa: E402
 from perceiver_io.tasks import build_model  # noqa: E402
 

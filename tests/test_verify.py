@@ -33,13 +33,12 @@ from converters.verify import (
 )
 from perceiver_io import hub
 from perceiver_io.attention import MLP
-from perceiver_io.serialization import load
+from perceiver_io.serialization import load, save, task_of
 from perceiver_io.tasks import TASKS, build_model, parse_config
 
 from .conftest import GOLDEN, Golden, manifest
 
-pytest.importorskip("jax")  # the Haiku reference, on CPU and on a GPU machine alike
-pytest.importorskip("haiku")
+pytest.importorskip("jax")  # the JAX reference, on CPU and on a GPU machine alike
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_TASKS = [task for task in TASKS if (GOLDEN / task).is_dir()]
@@ -184,7 +183,7 @@ def test_table_reports_every_stage(references, capsys):
     assert status == 0
     lines = table.splitlines()
     assert lines[0].startswith("verify imagenet_conv: ") and "converted in memory" in lines[0]
-    assert "PyTorch on cpu in float32 vs Haiku reference run now" in lines[1] and str(reference) in lines[1]
+    assert "PyTorch on cpu in float32 vs JAX reference run now" in lines[1] and str(reference) in lines[1]
     header = next(line for line in lines if line.strip().startswith("stage"))
     assert header.split() == ["stage", "shape", "max", "abs", "error", "scale", "rel.", "error"]
     rows = [line.split() for line in lines if line.strip().startswith(("encoder_", "inputs_", "decoder_", "out"))]
@@ -226,7 +225,7 @@ def test_reference_config_of_each_release_builds_the_released_parameter_tree():
     import jax
     import jax.numpy as jnp
 
-    from converters.haiku_reference.tasks import build
+    from converters.jax_reference import build
 
     for task in hub.RELEASES:
         inputs = synthetic_inputs(task)
@@ -239,6 +238,154 @@ def test_reference_config_of_each_release_builds_the_released_parameter_tree():
         ours = {f"{module}/{name}": list(leaf.shape) for module, leaves in params.items() for name, leaf in leaves.items()}
         official = {f"{leaf['module']}/{leaf['name']}": leaf["shape"] for leaf in manifest(task)["params"]}
         assert ours == official, task
+
+
+@pytest.mark.parametrize("task", GOLDEN_TASKS)
+def test_converted_file_of_every_task_verifies_and_keeps_its_task(task, references, capsys, tmp_path):
+    """A converted file, and the same model saved again by `perceiver_io.save`, verify as their own task
+    (the three ImageNet tasks share one model class): the task is data of the model, kept from build to save
+    to load."""
+    golden = Golden(task)
+    reference = _reference_of(task, references, capsys)
+    converted = golden.convert(tmp_path).output
+    model = load(converted)
+    assert task_of(model) == task and model.task == task
+    resaved = save(model, tmp_path / "resaved.safetensors")
+    assert task_of(load(resaved)) == task
+    for path in (converted, resaved):
+        status, report = _verify(capsys, "--converted", str(path), "--reference", str(reference), "--json")
+        assert status == 0 and report["passed"] and report["task"] == task, report.get("first_failure")
+    status, report = _verify(capsys, *_golden_args(golden), "--converted", str(converted),
+                             "--inputs", str(golden.folder / "inputs.npz"), "--json")
+    assert status == 0 and report["passed"], report["first_failure"]
+
+
+WRONG_CONFIGS = {
+    "num_blocks": lambda encoder: {**encoder, "num_blocks": 3},
+    "heads": lambda encoder: {**encoder, "num_self_attend_heads": 4},
+}
+"""Configuration mistakes that keep every shape of the imagenet_fourier golden checkpoint (2 blocks, 8 heads)."""
+
+
+def _imagenet_configs(tmp_path: Path) -> dict[str, Path]:
+    """The golden imagenet_fourier config ("right") and the WRONG_CONFIGS variants of it, as files."""
+    config = Golden("imagenet_fourier").config
+    paths = {}
+    for name, change in {"right": lambda encoder: encoder, **WRONG_CONFIGS}.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps({**config, "encoder": change(config["encoder"])}))
+    return paths
+
+
+def test_a_config_that_keeps_every_shape_is_caught_against_your_own_outputs(capsys, tmp_path):
+    """--jax-outputs: the official outputs of the golden batch fail a wrong num_blocks or head count and pass
+    the right config; the project's JAX reference, run on the same wrong config, cannot tell (README)."""
+    golden = Golden("imagenet_fourier")
+    outputs, inputs = str(golden.folder / "outputs.npz"), str(golden.folder / "inputs.npz")
+    errors = {}
+    configs = _imagenet_configs(tmp_path)
+    for name, config in configs.items():
+        common = [str(golden.checkpoint), "--task", "imagenet_fourier", "--config", str(config), "--inputs", inputs]
+        status, report = _verify(capsys, *common, "--jax-outputs", outputs, "--json")
+        stages = {check["stage"]: check for check in report["stages"]}
+        errors[name] = stages["out"]["relative_error"]
+        assert list(stages) == ["out"] and "your JAX outputs" in report["reference"]
+        assert (status, report["passed"]) == ((0, True) if name == "right" else (1, False))
+        status, report = _verify(capsys, *common, "--json")
+        assert status == 0 and report["passed"]  # the same wrong model on both sides
+    print("--jax-outputs, relative error of out: " + ", ".join(f"{name} {error:.2e}" for name, error in errors.items()))
+    status, table = _verify(capsys, str(golden.checkpoint), "--task", "imagenet_fourier", "--config",
+                            str(configs["num_blocks"]), "--inputs", inputs, "--jax-outputs", outputs)
+    assert status == 1 and "the reference holds outputs only: the intermediate stages are not compared" in table
+    assert "FAIL: out (" in table and "the configuration does not describe this checkpoint" in table
+
+
+HAIKU_FUNCTION = """
+import json
+
+import haiku as hk
+import jax
+
+from converters.jax_reference import build
+
+CONFIG = json.loads({config!r})
+
+
+def forward(images):
+    \"\"\"A Haiku forward function of the checkpoint's true configuration, as a user's own code is.\"\"\"
+    model = build("imagenet_fourier", CONFIG)
+    params = hk.experimental.transparent_lift(lambda x: model.init(jax.random.PRNGKey(0), x)[0])(images)
+    (logits, _), _ = model.apply(params, {{}}, None, images)
+    return logits
+
+
+def broken(images):
+    raise RuntimeError("this function cannot run\\nsecond line")
+"""
+
+
+def test_a_config_that_keeps_every_shape_is_caught_against_your_own_haiku_code(capsys, tmp_path, monkeypatch):
+    """--haiku-fn: the user's Haiku function (here, the true configuration's) run on the checkpoint fails a
+    wrong num_blocks or head count and passes the right config; as a file or as an importable module."""
+    pytest.importorskip("haiku")
+    golden = Golden("imagenet_fourier")
+    module = tmp_path / "my_perceiver.py"
+    module.write_text(HAIKU_FUNCTION.format(config=json.dumps(golden.config)))
+    inputs = str(golden.folder / "inputs.npz")
+    for name, config in _imagenet_configs(tmp_path).items():
+        status, report = _verify(capsys, str(golden.checkpoint), "--task", "imagenet_fourier", "--config", str(config),
+                                 "--inputs", inputs, "--haiku-fn", f"{module}:forward", "--json")
+        assert [check["stage"] for check in report["stages"]] == ["out"]
+        assert report["reference"].startswith(f"your Haiku function {module}:forward run now")
+        assert (status, report["passed"]) == ((0, True) if name == "right" else (1, False)), name
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status, table = _verify(capsys, *_golden_args(golden), "--inputs", inputs, "--haiku-fn", "my_perceiver:forward")
+    assert status == 0 and "vs your Haiku function my_perceiver:forward run now" in table and "PASS" in table
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--haiku-fn", "no_colon", "--haiku-fn no_colon: expected module:function"),
+    ("--haiku-fn", "__DIR__/absent.py:forward", "no Python file at __DIR__/absent.py"),
+    ("--haiku-fn", "__MODULE__:absent", "has no function 'absent'"),
+    ("--haiku-fn", "no_such_module_here:forward", "importing no_such_module_here failed: ModuleNotFoundError"),
+    ("--haiku-fn", "__MODULE__:broken", "failed on the checkpoint and inputs: RuntimeError: this function cannot run"),
+    ("--jax-outputs", "__OUTPUTS__", "outputs file __OUTPUTS__: ['mask'] are not outputs"),
+])
+def test_bad_user_reference_exits_2(option, value, message, capsys, tmp_path):
+    golden = Golden("imagenet_fourier")
+    module = tmp_path / "my_perceiver.py"
+    module.write_text(HAIKU_FUNCTION.format(config=json.dumps(golden.config)))
+    np.savez(tmp_path / "outputs.npz", out=golden.outputs["out"], mask=np.ones(2))
+    replacements = {"__DIR__": str(tmp_path), "__MODULE__": str(module), "__OUTPUTS__": str(tmp_path / "outputs.npz")}
+    for placeholder, path in replacements.items():
+        value, message = value.replace(placeholder, path), message.replace(placeholder, path)
+    status = main(["verify", *_golden_args(golden), "--inputs", str(golden.folder / "inputs.npz"), option, value])
+    error = capsys.readouterr().err
+    assert status == 2 and message in error and "\n" not in error.strip(), error
+
+
+def test_jax_outputs_without_inputs_exits_2(capsys):
+    golden = Golden("imagenet_fourier")
+    assert main(["verify", *_golden_args(golden), "--jax-outputs", str(golden.folder / "outputs.npz")]) == 2
+    assert "--jax-outputs needs --inputs" in capsys.readouterr().err
+
+
+def test_jax_outputs_of_a_mapping_and_of_the_wrong_shape(capsys, tmp_path):
+    """The multimodal model's outputs by name (without `out/`); an output of another shape fails its stage."""
+    golden = Golden("multimodal_autoencoding")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, images=golden.inputs["images"], audio=golden.inputs["audio"],
+             **{f"subsampling/{m}": golden.intermediates[f"chunk1/subsampling/{m}"] for m in ("image", "audio")})
+    outputs = {m: golden.outputs[f"chunk1/out/{m}"] for m in ("audio", "image", "label")}
+    np.savez(tmp_path / "outputs.npz", **outputs)
+    status, report = _verify(capsys, *_golden_args(golden), "--inputs", str(inputs), "--jax-outputs",
+                             str(tmp_path / "outputs.npz"), "--json")
+    assert status == 0 and [check["stage"] for check in report["stages"]] == ["out/audio", "out/image", "out/label"]
+    np.savez(tmp_path / "short.npz", **{**outputs, "label": outputs["label"][:, :5]})
+    status, report = _verify(capsys, *_golden_args(golden), "--inputs", str(inputs), "--jax-outputs",
+                             str(tmp_path / "short.npz"), "--json")
+    assert status == 1 and report["first_failure"] == "out/label"
+    assert "shapes differ" in report["stages"][-1]["note"]
 
 
 LANGUAGE_FILE = ["__GOLDEN__", "--task", "language_mlm", "--config", "__CONFIG__"]

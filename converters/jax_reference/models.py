@@ -1,0 +1,257 @@
+"""The six released Perceiver IO models and custom ones, as the official colabs call them, and `build`.
+
+Each model is a function `model(scope, config, *call arguments)` that reads its parameters from the scope
+by official module path and records the intermediates of `Perceiver.__call__` in its order
+(`perceiver_call_inputs`, `encoder_inputs`, `inputs_without_pos`, `encoder_query`, `decoder_query`,
+`encoder_cross_attention`, `encoder_self_attention_{k}`, `z`, `decoder_outputs`, `perceiver_outputs`, and
+`patches_for_flow` for flow). The calls (batch axis first):
+
+- language_mlm: (inputs [B,N] int, input_mask [B,N]) -> logits [B,N,vocab].
+- imagenet_*: (images [B,H,W,3] normalised) -> logits [B,classes].
+- optical_flow: (images [B,2,H,W,3] in [-1,1]) -> flow [B,H,W,2] in pixels (the model's output times
+  FLOW_SCALE_FACTOR, as the colab's function returns it).
+- multimodal_autoencoding: (images [B,T,H,W,3], audio [B,S,1], subsampling {'image': idx, 'audio': idx})
+  -> {'audio': [B,n_a*spp], 'image': [B,n_i,3], 'label': [B,classes]} for one chunk of queries.
+- perceiver (custom): (inputs [B,*input_shape], input_mask [B,M], query_mask [B,O], subsampled_points [P])
+  -> the postprocessor's output (the decoder's without one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from perceiver_io.configs import (
+    AudioPostprocessorConfig,
+    ClassificationDecoderConfig,
+    ClassificationPostprocessorConfig,
+    FlowConfig,
+    FlowDecoderConfig,
+    ImageNetConfig,
+    LanguageConfig,
+    MultimodalConfig,
+    OfficialConfig,
+    OneHotPreprocessorConfig,
+    PerceiverConfig,
+    ProjectionDecoderConfig,
+    ProjectionPostprocessorConfig,
+    TASK_CONFIGS,
+    parse_config,
+)
+
+from .attention import encode, latents
+from .decoders import (
+    basic_decode,
+    basic_queries,
+    classification_config,
+    flow_decode,
+    multimodal_queries,
+    projection_decode,
+    query_count,
+)
+from .layers import embed, truncated_normal, zeros
+from .processors import Preprocessed, image_preprocessor, multimodal_preprocessor, patches_for_flow, postprocess
+from .processors import preprocess
+from .scope import Scope, Tree
+
+TASKS = tuple(TASK_CONFIGS)
+
+
+def _perceiver(scope: Scope, config, preprocessed: Preprocessed, queries: Callable[[], jax.Array | None],
+               decode: Callable[[jax.Array | None, jax.Array], jax.Array], input_mask=None) -> jax.Array:
+    """The official `Perceiver.__call__` after its preprocessor: latents, decoder queries, encoder, decoder,
+    each recorded. `config` is the encoder's; returns the decoder's output."""
+    scope.record("encoder_inputs", preprocessed.inputs)
+    scope.record("inputs_without_pos", preprocessed.inputs_without_pos)
+    query_latents = latents(scope, config, preprocessed.inputs.shape[0])
+    scope.record("encoder_query", query_latents)
+    query = queries()
+    scope.record("decoder_query", query)
+    z = encode(scope, config, preprocessed.inputs, query_latents, input_mask)
+    scope.record("z", z)
+    out = decode(query, z)
+    scope.record("decoder_outputs", out)
+    return out
+
+
+def language_mlm(scope: Scope, config: LanguageConfig, inputs, input_mask=None):
+    """masked_language_modelling.ipynb: `embed` plus the top-level `trainable_position_encoding`, the
+    encoder, `basic_decoder` masked by `input_mask` too, and logits tied to `embed` plus
+    `embedding_decoder/bias`."""
+    if inputs.ndim != 2 or inputs.shape[1] != config.max_seq_len:
+        raise ValueError(f"inputs: expected token ids [B, {config.max_seq_len}], found {list(inputs.shape)}")
+    embedded, table = embed(scope, "embed", inputs, config.vocab_size, config.d_model)
+    positions = scope.param("trainable_position_encoding", "pos_embs", (config.max_seq_len, config.d_model),
+                            truncated_normal(0.02))
+    embedded = embedded + positions
+    scope.record("perceiver_call_inputs", embedded)
+    decoder = config.decoder.name or "basic_decoder"
+    preprocessed = Preprocessed(embedded, None, None)
+    out = _perceiver(
+        scope, config.encoder, preprocessed,
+        lambda: basic_queries(scope, decoder, config.decoder, preprocessed, embedded.shape[0]),
+        lambda query, z: basic_decode(scope, decoder, config.decoder, query, z, input_mask), input_mask)
+    scope.record("perceiver_outputs", out)
+    bias = scope.param("embedding_decoder", "bias", (config.vocab_size,), zeros)
+    return jnp.dot(out, table.T) + bias
+
+
+def imagenet(scope: Scope, config: ImageNetConfig, images):
+    """imagenet_classification.ipynb: `image_preprocessor`, the encoder, `classification_decoder`."""
+    scope.record("perceiver_call_inputs", images)
+    decoder = f"{config.decoder.name or 'classification_decoder'}/~/basic_decoder"
+    head = classification_config(config.decoder, config.num_classes)
+    preprocessed = image_preprocessor(scope, config.input_preprocessor, images)
+    out = _perceiver(
+        scope, config.encoder, preprocessed,
+        lambda: basic_queries(scope, decoder, head, preprocessed, images.shape[0]),
+        lambda query, z: basic_decode(scope, decoder, head, query, z)[:, 0, :])
+    scope.record("perceiver_outputs", out)
+    return out
+
+
+def optical_flow(scope: Scope, config: FlowConfig, images):
+    """optical_flow.ipynb: 3x3 patches of both frames, `image_preprocessor` ('patches', `patches_linear`),
+    the encoder, `flow_decoder` queried by the preprocessed inputs, times FLOW_SCALE_FACTOR."""
+    patches = patches_for_flow(images)
+    scope.record("patches_for_flow", patches)
+    scope.record("perceiver_call_inputs", patches)
+    preprocessed = image_preprocessor(scope, config.input_preprocessor, patches)
+    decoder = config.decoder.name or "flow_decoder"
+    image_shape = config.decoder.output_image_shape or config.train_size
+    flow = _perceiver(scope, config.encoder, preprocessed, lambda: preprocessed.inputs,
+                      lambda query, z: flow_decode(scope, decoder, config.decoder, query, z, image_shape))
+    scope.record("perceiver_outputs", flow)
+    return flow * config.flow_scale_factor
+
+
+def multimodal_autoencoding(scope: Scope, config: MultimodalConfig, images, audio, subsampling=None):
+    """video_autoencoding.ipynb: `multimodal_preprocessor` over audio, image and a zero label, the encoder
+    (`encoder`), `multimodal_decoder` over the queries of each modality at its subsampled points (the
+    label's from `classification_decoder`), and the audio, projection and classification postprocessors."""
+    subsampling = subsampling or {}
+    inputs = {"audio": audio, "image": images, "label": jnp.zeros((images.shape[0], config.num_classes), images.dtype)}
+    scope.record("perceiver_call_inputs", inputs)
+    preprocessed = multimodal_preprocessor(
+        scope, {"audio": config.audio_preprocessor, "image": config.image_preprocessor,
+                "label": OneHotPreprocessorConfig()},
+        inputs, config.preproc_min_padding_size, config.mask_probs)
+    query_modules = {"audio": "basic_decoder", "image": "basic_video_autoencoding_decoder/~/basic_decoder",
+                     "label": "classification_decoder/~/basic_decoder"}
+    decoders = config.modality_queries
+
+    def queries():
+        return multimodal_queries(scope, {
+            name: basic_queries(scope, query_modules[name], decoder, preprocessed, images.shape[0],
+                                subsampling.get(name))
+            for name, decoder in decoders.items()}, min_padding_size=2)
+
+    out = _perceiver(scope, config.encoder, preprocessed, queries,
+                     lambda query, z: basic_decode(scope, "multimodal_decoder/~/basic_decoder",
+                                                   config.shared_decoder, query, z))
+    heads = {"audio": AudioPostprocessorConfig(samples_per_patch=config.samples_per_patch),
+             "image": ProjectionPostprocessorConfig(num_outputs=3),
+             "label": ClassificationPostprocessorConfig(num_classes=config.num_classes)}
+    outputs, start = {}, 0
+    for name in sorted(decoders):
+        count = query_count(decoders[name], subsampling.get(name))
+        outputs[name] = postprocess(scope, heads[name], out[:, start:start + count])
+        start += count
+    scope.record("perceiver_outputs", outputs)
+    return outputs
+
+
+def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=None, query_mask=None,
+                     subsampled_points=None):
+    """A Perceiver of the official building set, its modules under their official default names, called as
+    `Perceiver.__call__`: preprocessor, encoder, decoder, postprocessor."""
+    expected = tuple(config.input_shape)
+    if tuple(inputs.shape[1:]) != expected:
+        raise ValueError(f"inputs: expected shape [B, {', '.join(map(str, expected))}] from the config's "
+                         f"input_shape, found {list(inputs.shape)}")
+    scope.record("perceiver_call_inputs", inputs)
+    preprocessed = preprocess(scope, config.input_preprocessor, inputs)
+    decoder, batch = config.decoder, inputs.shape[0]
+    if isinstance(decoder, ProjectionDecoderConfig):
+        def queries():
+            return None
+
+        def decode(query, z):
+            return projection_decode(scope, decoder.num_classes, z)
+    elif isinstance(decoder, FlowDecoderConfig):
+        if decoder.output_image_shape is None:
+            raise ValueError("a flow decoder needs output_image_shape")
+
+        def queries():
+            return preprocessed.inputs
+
+        def decode(query, z):
+            return flow_decode(scope, decoder.name or "flow_decoder", decoder, query, z, decoder.output_image_shape)
+    elif isinstance(decoder, ClassificationDecoderConfig):
+        module = f"{decoder.name or 'classification_decoder'}/~/basic_decoder"
+        head = classification_config(decoder, decoder.num_classes)
+
+        def queries():
+            return basic_queries(scope, module, head, preprocessed, batch, subsampled_points)
+
+        def decode(query, z):
+            return basic_decode(scope, module, head, query, z)[:, 0, :]
+    else:
+        module = decoder.name or "basic_decoder"
+
+        def queries():
+            return basic_queries(scope, module, decoder, preprocessed, batch, subsampled_points)
+
+        def decode(query, z):
+            return basic_decode(scope, module, decoder, query, z, query_mask)
+    out = postprocess(scope, config.output_postprocessor,
+                      _perceiver(scope, config.encoder, preprocessed, queries, decode, input_mask))
+    scope.record("perceiver_outputs", out)
+    return out
+
+
+MODELS: dict[type[OfficialConfig], Callable[..., Any]] = {
+    LanguageConfig: language_mlm,
+    ImageNetConfig: imagenet,
+    FlowConfig: optical_flow,
+    MultimodalConfig: multimodal_autoencoding,
+    PerceiverConfig: custom_perceiver,
+}
+
+
+class Reference(NamedTuple):
+    """A model as a pair of pure functions, called as a Haiku `TransformedWithState` is:
+
+    - init(rng, *call) -> (params, state): a new parameter tree (official paths, leaf names, shapes and
+      initialisers) and the state after one training step (BatchNorm averages), as the official init makes.
+    - apply(params, state, rng, *call) -> ((output, intermediates), state): evaluation, or with
+      `is_training` the training graph (dropout drawn from rng, BatchNorm on batch statistics, its averages
+      returned updated), differentiable in params. The rng is needed only where random numbers are drawn
+      (dropout in training, the multimodal model's masking).
+    """
+
+    init: Callable[..., tuple[Tree, Tree]]
+    apply: Callable[..., tuple[tuple[Any, dict[str, Any]], Tree]]
+
+
+def build(task: str, config: OfficialConfig | Mapping[str, Any] | None = None, is_training: bool = False) -> Reference:
+    """The reference of `task` under `config` (a config object, official keys, or None for the released one)."""
+    parsed = parse_config(task, config)
+    forward = MODELS[type(parsed)]
+
+    def model(scope, *args, **kwargs):
+        return forward(scope, parsed, *args, **kwargs)
+
+    def init(rng, *args, **kwargs):
+        scope = Scope({}, {}, rng, training=True, creating=True)
+        model(scope, *args, **kwargs)
+        return scope.params, scope.state
+
+    def apply(params, state, rng, *args, **kwargs):
+        scope = Scope(params, state or {}, rng, training=is_training)
+        output = model(scope, *args, **kwargs)
+        return (output, scope.stages), scope.state
+
+    return Reference(init, apply)
