@@ -73,7 +73,8 @@ def self_attention(scope: Scope, module: str, x: jax.Array, *, num_heads: int, q
     attended = attention(scope, f"{module}/attention", normed, normed, num_heads=num_heads, qk_channels=qk,
                          v_channels=v_channels or qk, output_channels=x.shape[-1])
     x = x + dropout(scope, attended, dropout_prob, f"{module}/attention")
-    return x + mlp(scope, f"{module}/mlp", layer_norm(scope, f"{module}/layer_norm_1", x), widening_factor, dropout_prob)
+    normed = layer_norm(scope, f"{module}/layer_norm_1", x)
+    return x + mlp(scope, f"{module}/mlp", normed, widening_factor, dropout_prob)
 
 
 def cross_attention(scope: Scope, module: str, queries, keys_values, *, num_heads: int, qk_channels: int | None,
@@ -89,7 +90,8 @@ def cross_attention(scope: Scope, module: str, queries, keys_values, *, num_head
         num_heads=num_heads, qk_channels=qk, v_channels=v_channels or qk, output_channels=queries.shape[-1], mask=mask)
     attended = dropout(scope, attended, dropout_prob, f"{module}/attention")
     x = queries + attended if use_query_residual else attended
-    return x + mlp(scope, f"{module}/mlp", layer_norm(scope, f"{module}/layer_norm_2", x), widening_factor, dropout_prob)
+    normed = layer_norm(scope, f"{module}/layer_norm_2", x)
+    return x + mlp(scope, f"{module}/mlp", normed, widening_factor, dropout_prob)
 
 
 def latents(scope: Scope, config: EncoderConfig, batch_size: int) -> jax.Array:

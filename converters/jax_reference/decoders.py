@@ -4,13 +4,12 @@ how it decodes the latents z [B,N,Cz] at them (NOTES §2, §4)."""
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import DecoderConfig
+from perceiver_io.configs import DecoderConfig, FlowDecoderConfig
 
 from .attention import cross_attention, outer_mask
 from .layers import Initializer, linear, truncated_normal, zeros
@@ -59,22 +58,53 @@ def basic_decode(scope: Scope, module: str, config: DecoderConfig, query: jax.Ar
     return linear(scope, f"{module}/output", out, config.output_num_channels, output_init)
 
 
-def classification_config(config: DecoderConfig, num_classes: int) -> DecoderConfig:
-    """The `BasicDecoder` inside the official `ClassificationDecoder`: one query, `num_classes` outputs."""
-    return dataclasses.replace(config, output_index_dims=(1,), output_num_channels=num_classes)
+class Decoder(NamedTuple):
+    """A decoder's two calls, as the official decoders have them: `queries()` builds its queries [B,O,Cq]
+    (None for a decoder without queries), `decode(query, z)` decodes the latents z [B,N,Cz] at them."""
+
+    queries: Callable[[], jax.Array | None]
+    decode: Callable[[jax.Array | None, jax.Array], jax.Array]
 
 
-def flow_decode(scope: Scope, module: str, config, query: jax.Array, z: jax.Array, image_shape) -> jax.Array:
-    """The official `FlowDecoder` at `module`: its `~/basic_decoder` decodes the queries (the preprocessed
-    inputs), divided by `rescale_factor` and reshaped to [B,*image_shape,C]. The output Linear starts at zero."""
-    out = basic_decode(scope, f"{module}/~/basic_decoder", config, query, z, output_init=zeros)
-    out = out / config.rescale_factor
-    return out.reshape(out.shape[0], *image_shape, out.shape[-1])
+def basic_decoder(scope: Scope, module: str, config: DecoderConfig, preprocessed: Preprocessed,
+                  subsampled_points=None, query_mask=None) -> Decoder:
+    """The official `BasicDecoder` at `module` (queries from its position encoding)."""
+    batch_size = preprocessed.inputs.shape[0]
+    return Decoder(lambda: basic_queries(scope, module, config, preprocessed, batch_size, subsampled_points),
+                   lambda query, z: basic_decode(scope, module, config, query, z, query_mask))
 
 
-def projection_decode(scope: Scope, num_classes: int, z: jax.Array) -> jax.Array:
-    """The official `ProjectionDecoder`: the latents' mean through `projection_decoder/~/logits` (zero init)."""
-    return linear(scope, "projection_decoder/~/logits", jnp.mean(z, axis=1), num_classes, zeros)
+def classification_decoder(scope: Scope, config: DecoderConfig, num_classes: int, preprocessed: Preprocessed,
+                           subsampled_points=None) -> Decoder:
+    """The official `ClassificationDecoder` (`classification_decoder` unless named): its `~/basic_decoder`
+    with one query and `num_classes` outputs, the query's output taken: -> [B,num_classes]."""
+    module = f"{config.name or 'classification_decoder'}/~/basic_decoder"
+    head = dataclasses.replace(config, output_index_dims=(1,), output_num_channels=num_classes)
+    basic = basic_decoder(scope, module, head, preprocessed, subsampled_points)
+    return Decoder(basic.queries, lambda query, z: basic.decode(query, z)[:, 0, :])
+
+
+def flow_decoder(scope: Scope, config: FlowDecoderConfig, image_shape: Sequence[int],
+                 preprocessed: Preprocessed) -> Decoder:
+    """The official `FlowDecoder` (`flow_decoder` unless named): the queries are the preprocessed inputs; its
+    `~/basic_decoder` decodes them (the output Linear starts at zero), divided by `rescale_factor` and
+    reshaped to [B,*image_shape,C]."""
+    module = f"{config.name or 'flow_decoder'}/~/basic_decoder"
+
+    def decode(query, z):
+        out = basic_decode(scope, module, config, query, z, output_init=zeros) / config.rescale_factor
+        return out.reshape(out.shape[0], *image_shape, out.shape[-1])
+
+    return Decoder(lambda: preprocessed.inputs, decode)
+
+
+def projection_decoder(scope: Scope, num_classes: int) -> Decoder:
+    """The official `ProjectionDecoder`: no queries; the latents' mean through `projection_decoder/~/logits`
+    (zero init): -> [B,num_classes]."""
+    def decode(query, z):
+        return linear(scope, "projection_decoder/~/logits", jnp.mean(z, axis=1), num_classes, zeros)
+
+    return Decoder(lambda: None, decode)
 
 
 def multimodal_queries(scope: Scope, modality_queries: Mapping[str, jax.Array], min_padding_size: int) -> jax.Array:
@@ -90,8 +120,3 @@ def multimodal_queries(scope: Scope, modality_queries: Mapping[str, jax.Array], 
                               truncated_normal(0.02))
         parts.append(jnp.concatenate([query, jnp.broadcast_to(padding, (batch, count, width - channels))], axis=-1))
     return jnp.concatenate(parts, axis=1)
-
-
-def query_count(config: DecoderConfig, subsampled_points: jax.Array | None) -> int:
-    """How many queries a decoder makes: one per subsampled point, else one per output index."""
-    return math.prod(config.index_dims) if subsampled_points is None else int(subsampled_points.shape[0])

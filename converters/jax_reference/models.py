@@ -43,13 +43,13 @@ from perceiver_io.configs import (
 
 from .attention import encode, latents
 from .decoders import (
-    basic_decode,
+    Decoder,
+    basic_decoder,
     basic_queries,
-    classification_config,
-    flow_decode,
+    classification_decoder,
+    flow_decoder,
     multimodal_queries,
-    projection_decode,
-    query_count,
+    projection_decoder,
 )
 from .layers import embed, truncated_normal, zeros
 from .processors import Preprocessed, image_preprocessor, multimodal_preprocessor, patches_for_flow, postprocess
@@ -59,19 +59,18 @@ from .scope import Scope, Tree
 TASKS = tuple(TASK_CONFIGS)
 
 
-def _perceiver(scope: Scope, config, preprocessed: Preprocessed, queries: Callable[[], jax.Array | None],
-               decode: Callable[[jax.Array | None, jax.Array], jax.Array], input_mask=None) -> jax.Array:
+def _perceiver(scope: Scope, config, preprocessed: Preprocessed, decoder: Decoder, input_mask=None) -> jax.Array:
     """The official `Perceiver.__call__` after its preprocessor: latents, decoder queries, encoder, decoder,
     each recorded. `config` is the encoder's; returns the decoder's output."""
     scope.record("encoder_inputs", preprocessed.inputs)
     scope.record("inputs_without_pos", preprocessed.inputs_without_pos)
     query_latents = latents(scope, config, preprocessed.inputs.shape[0])
     scope.record("encoder_query", query_latents)
-    query = queries()
+    query = decoder.queries()
     scope.record("decoder_query", query)
     z = encode(scope, config, preprocessed.inputs, query_latents, input_mask)
     scope.record("z", z)
-    out = decode(query, z)
+    out = decoder.decode(query, z)
     scope.record("decoder_outputs", out)
     return out
 
@@ -87,12 +86,10 @@ def language_mlm(scope: Scope, config: LanguageConfig, inputs, input_mask=None):
                             truncated_normal(0.02))
     embedded = embedded + positions
     scope.record("perceiver_call_inputs", embedded)
-    decoder = config.decoder.name or "basic_decoder"
     preprocessed = Preprocessed(embedded, None, None)
-    out = _perceiver(
-        scope, config.encoder, preprocessed,
-        lambda: basic_queries(scope, decoder, config.decoder, preprocessed, embedded.shape[0]),
-        lambda query, z: basic_decode(scope, decoder, config.decoder, query, z, input_mask), input_mask)
+    decoder = basic_decoder(scope, config.decoder.name or "basic_decoder", config.decoder, preprocessed,
+                            query_mask=input_mask)
+    out = _perceiver(scope, config.encoder, preprocessed, decoder, input_mask)
     scope.record("perceiver_outputs", out)
     bias = scope.param("embedding_decoder", "bias", (config.vocab_size,), zeros)
     return jnp.dot(out, table.T) + bias
@@ -101,13 +98,9 @@ def language_mlm(scope: Scope, config: LanguageConfig, inputs, input_mask=None):
 def imagenet(scope: Scope, config: ImageNetConfig, images):
     """imagenet_classification.ipynb: `image_preprocessor`, the encoder, `classification_decoder`."""
     scope.record("perceiver_call_inputs", images)
-    decoder = f"{config.decoder.name or 'classification_decoder'}/~/basic_decoder"
-    head = classification_config(config.decoder, config.num_classes)
     preprocessed = image_preprocessor(scope, config.input_preprocessor, images)
-    out = _perceiver(
-        scope, config.encoder, preprocessed,
-        lambda: basic_queries(scope, decoder, head, preprocessed, images.shape[0]),
-        lambda query, z: basic_decode(scope, decoder, head, query, z)[:, 0, :])
+    decoder = classification_decoder(scope, config.decoder, config.num_classes, preprocessed)
+    out = _perceiver(scope, config.encoder, preprocessed, decoder)
     scope.record("perceiver_outputs", out)
     return out
 
@@ -119,10 +112,9 @@ def optical_flow(scope: Scope, config: FlowConfig, images):
     scope.record("patches_for_flow", patches)
     scope.record("perceiver_call_inputs", patches)
     preprocessed = image_preprocessor(scope, config.input_preprocessor, patches)
-    decoder = config.decoder.name or "flow_decoder"
     image_shape = config.decoder.output_image_shape or config.train_size
-    flow = _perceiver(scope, config.encoder, preprocessed, lambda: preprocessed.inputs,
-                      lambda query, z: flow_decode(scope, decoder, config.decoder, query, z, image_shape))
+    decoder = flow_decoder(scope, config.decoder, image_shape, preprocessed)
+    flow = _perceiver(scope, config.encoder, preprocessed, decoder)
     scope.record("perceiver_outputs", flow)
     return flow * config.flow_scale_factor
 
@@ -140,27 +132,40 @@ def multimodal_autoencoding(scope: Scope, config: MultimodalConfig, images, audi
         inputs, config.preproc_min_padding_size, config.mask_probs)
     query_modules = {"audio": "basic_decoder", "image": "basic_video_autoencoding_decoder/~/basic_decoder",
                      "label": "classification_decoder/~/basic_decoder"}
-    decoders = config.modality_queries
+    counts: dict[str, int] = {}
 
     def queries():
-        return multimodal_queries(scope, {
-            name: basic_queries(scope, query_modules[name], decoder, preprocessed, images.shape[0],
-                                subsampling.get(name))
-            for name, decoder in decoders.items()}, min_padding_size=2)
+        per_modality = {name: basic_queries(scope, query_modules[name], decoder, preprocessed, images.shape[0],
+                                            subsampling.get(name))
+                        for name, decoder in config.modality_queries.items()}
+        counts.update({name: query.shape[1] for name, query in per_modality.items()})
+        return multimodal_queries(scope, per_modality, min_padding_size=2)
 
-    out = _perceiver(scope, config.encoder, preprocessed, queries,
-                     lambda query, z: basic_decode(scope, "multimodal_decoder/~/basic_decoder",
-                                                   config.shared_decoder, query, z))
+    shared = basic_decoder(scope, "multimodal_decoder/~/basic_decoder", config.shared_decoder, preprocessed)
+    out = _perceiver(scope, config.encoder, preprocessed, Decoder(queries, shared.decode))
     heads = {"audio": AudioPostprocessorConfig(samples_per_patch=config.samples_per_patch),
              "image": ProjectionPostprocessorConfig(num_outputs=3),
              "label": ClassificationPostprocessorConfig(num_classes=config.num_classes)}
     outputs, start = {}, 0
-    for name in sorted(decoders):
-        count = query_count(decoders[name], subsampling.get(name))
-        outputs[name] = postprocess(scope, heads[name], out[:, start:start + count])
-        start += count
+    for name in sorted(counts):
+        outputs[name] = postprocess(scope, heads[name], out[:, start:start + counts[name]])
+        start += counts[name]
     scope.record("perceiver_outputs", outputs)
     return outputs
+
+
+def _custom_decoder(scope: Scope, config: PerceiverConfig, preprocessed: Preprocessed, query_mask,
+                    subsampled_points) -> Decoder:
+    decoder = config.decoder
+    if isinstance(decoder, ProjectionDecoderConfig):
+        return projection_decoder(scope, decoder.num_classes)
+    if isinstance(decoder, FlowDecoderConfig):
+        if decoder.output_image_shape is None:
+            raise ValueError("a flow decoder needs output_image_shape")
+        return flow_decoder(scope, decoder, decoder.output_image_shape, preprocessed)
+    if isinstance(decoder, ClassificationDecoderConfig):
+        return classification_decoder(scope, decoder, decoder.num_classes, preprocessed, subsampled_points)
+    return basic_decoder(scope, decoder.name or "basic_decoder", decoder, preprocessed, subsampled_points, query_mask)
 
 
 def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=None, query_mask=None,
@@ -173,41 +178,9 @@ def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=N
                          f"input_shape, found {list(inputs.shape)}")
     scope.record("perceiver_call_inputs", inputs)
     preprocessed = preprocess(scope, config.input_preprocessor, inputs)
-    decoder, batch = config.decoder, inputs.shape[0]
-    if isinstance(decoder, ProjectionDecoderConfig):
-        def queries():
-            return None
-
-        def decode(query, z):
-            return projection_decode(scope, decoder.num_classes, z)
-    elif isinstance(decoder, FlowDecoderConfig):
-        if decoder.output_image_shape is None:
-            raise ValueError("a flow decoder needs output_image_shape")
-
-        def queries():
-            return preprocessed.inputs
-
-        def decode(query, z):
-            return flow_decode(scope, decoder.name or "flow_decoder", decoder, query, z, decoder.output_image_shape)
-    elif isinstance(decoder, ClassificationDecoderConfig):
-        module = f"{decoder.name or 'classification_decoder'}/~/basic_decoder"
-        head = classification_config(decoder, decoder.num_classes)
-
-        def queries():
-            return basic_queries(scope, module, head, preprocessed, batch, subsampled_points)
-
-        def decode(query, z):
-            return basic_decode(scope, module, head, query, z)[:, 0, :]
-    else:
-        module = decoder.name or "basic_decoder"
-
-        def queries():
-            return basic_queries(scope, module, decoder, preprocessed, batch, subsampled_points)
-
-        def decode(query, z):
-            return basic_decode(scope, module, decoder, query, z, query_mask)
-    out = postprocess(scope, config.output_postprocessor,
-                      _perceiver(scope, config.encoder, preprocessed, queries, decode, input_mask))
+    decoder = _custom_decoder(scope, config, preprocessed, query_mask, subsampled_points)
+    out = postprocess(scope, config.output_postprocessor, _perceiver(scope, config.encoder, preprocessed, decoder,
+                                                                     input_mask))
     scope.record("perceiver_outputs", out)
     return out
 
@@ -221,7 +194,7 @@ MODELS: dict[type[OfficialConfig], Callable[..., Any]] = {
 }
 
 
-class Reference(NamedTuple):
+class ReferenceModel(NamedTuple):
     """A model as a pair of pure functions, called as a Haiku `TransformedWithState` is:
 
     - init(rng, *call) -> (params, state): a new parameter tree (official paths, leaf names, shapes and
@@ -236,7 +209,8 @@ class Reference(NamedTuple):
     apply: Callable[..., tuple[tuple[Any, dict[str, Any]], Tree]]
 
 
-def build(task: str, config: OfficialConfig | Mapping[str, Any] | None = None, is_training: bool = False) -> Reference:
+def build(task: str, config: OfficialConfig | Mapping[str, Any] | None = None,
+          is_training: bool = False) -> ReferenceModel:
     """The reference of `task` under `config` (a config object, official keys, or None for the released one)."""
     parsed = parse_config(task, config)
     forward = MODELS[type(parsed)]
@@ -254,4 +228,4 @@ def build(task: str, config: OfficialConfig | Mapping[str, Any] | None = None, i
         output = model(scope, *args, **kwargs)
         return (output, scope.stages), scope.state
 
-    return Reference(init, apply)
+    return ReferenceModel(init, apply)
