@@ -282,14 +282,24 @@ def _verify(argv: list[str]) -> int:
         if task and task_of(model) != task:
             raise ConfigError(f"{args.converted} holds a {task_of(model)} model, not {task}")
         task = task_of(model)
-        if source is None and not config:
-            config = model.config
+        config = config or model.config
+        origin = f"{args.converted} (converted file)"
     if not task:
         raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
     if task not in TASKS:
         raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
     if not args.reference:
-        inputs = read_inputs(args.inputs, task, config) if args.inputs else synthetic_inputs(task, config)
+        inputs = (read_inputs(args.inputs, task, config, default_chunk=not args.jax_outputs) if args.inputs
+                  else synthetic_inputs(task, config))
+    if model is None and source is not None:
+        # converted before the reference runs: a configuration that does not fit the checkpoint is named by
+        # the conversion's ledger
+        model = load(source, args.device, dtype, task=task, config=config)
+        origin = f"{source} (converted in memory)"
+    if model is None:
+        raise ConfigError("with --reference or --jax-outputs, give the PyTorch model: --converted "
+                          "FILE.safetensors or SRC")
+    if not args.reference:
         if args.jax_outputs:
             reference = read_jax_outputs(args.jax_outputs, task, config, inputs, args.inputs)
         elif source is None:
@@ -304,18 +314,9 @@ def _verify(argv: list[str]) -> int:
             reference = compute_reference(load_haiku_checkpoint(source), task, config, inputs)
         if save_to:
             reference.save(save_to, overwrite=args.force)
-
-    if model is not None:
-        if model.config != parse_config(task, config):
-            raise ConfigError(f"{args.converted} holds another configuration of {task} than the reference's "
-                              "(give the checkpoint's --config)")
-        origin = f"{args.converted} (converted file)"
-    elif source is not None:
-        model = load(source, args.device, dtype, task=task, config=config)
-        origin = f"{source} (converted in memory)"
-    else:
-        raise ConfigError("with --reference or --jax-outputs, give the PyTorch model: --converted "
-                          "FILE.safetensors or SRC")
+    if model.config != parse_config(task, config):
+        raise ConfigError(f"{args.converted} holds another configuration of {task} than the reference's "
+                          "(give the checkpoint's --config)")
     report = verify_model(model, reference, model_origin=origin, tolerance=args.tolerance)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0 if report.passed else 1

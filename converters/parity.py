@@ -7,10 +7,11 @@ PyTorch submodule, captured with a forward hook, against the reference's interme
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from perceiver_io.configs import OfficialConfig
 
 from .haiku_pickle import HaikuCheckpoint
+from .stages import flatten
 
 STAGES: dict[str, tuple[str, Callable[[Any], torch.Tensor]]] = {
     "encoder_inputs": ("perceiver.input_preprocessor", lambda output: output.inputs),
@@ -67,26 +69,6 @@ def _numpy(value) -> np.ndarray | dict[str, np.ndarray]:
     return value.detach().float().cpu().numpy()
 
 
-def flatten_outputs(out: Any) -> dict[str, np.ndarray]:
-    """A model's output as stages: an array as `out`, a mapping or a sequence of them as `out/<key>`
-    (`out/<index>`), nested ones joined with `/`; None values left out."""
-    return {name: np.asarray(value) for name, value in _flatten({"out": out}).items() if value is not None}
-
-
-def _flatten(stages: Mapping) -> dict[str, Any]:
-    """{'a': {'b': x}} -> {'a/b': x}, the reference's naming of per-modality intermediates (a sequence's
-    items named by their index)."""
-    flat = {}
-    for name, value in stages.items():
-        if isinstance(value, (list, tuple)):
-            value = {str(index): item for index, item in enumerate(value)}
-        if isinstance(value, Mapping):
-            flat.update({f"{name}/{key}": item for key, item in _flatten(value).items()})
-        else:
-            flat[name] = value
-    return flat
-
-
 @torch.inference_mode()
 def run_torch(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The model's stages and final `out` on `inputs` (the model's keyword arguments, numpy), as float32
@@ -125,7 +107,7 @@ def run_torch(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, np.ndarr
             hook.remove()
     stages.update({f"encoder_self_attention_{k}": value for k, value in enumerate(self_attention_outputs)})
     stages["out"] = _numpy(out)
-    return _flatten(stages)
+    return flatten(stages)
 
 
 def _to_torch(value, device, dtype):
@@ -141,23 +123,31 @@ def jax_available() -> bool:
     return importlib.util.find_spec("jax") is not None
 
 
+@contextlib.contextmanager
+def jax_on_cpu() -> Iterator[Any]:
+    """Runs JAX, in float32 with full-precision matmuls, on its CPU device whatever accelerator it sees (and
+    sees none if jax is not imported yet: the GPU is left to PyTorch). Yields the jax module."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]), jax.default_matmul_precision("highest"):
+        yield jax
+
+
 def run_jax_reference(
     checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig | Mapping[str, Any] | None,
     inputs: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
     """The JAX reference's (`converters.jax_reference`) intermediates and final `out` (`out/<modality>` for
-    the multimodal model) on `inputs` (the official call's keyword arguments), in float32 on JAX's CPU device
-    with full-precision matmuls whatever accelerator JAX sees (needs jax).
+    the multimodal model) on `inputs` (the official call's keyword arguments), on JAX's CPU (`jax_on_cpu`;
+    needs jax).
 
     The apply runs under `jax.jit`, as the flow colab runs the official model: 3 to 5 times faster than
     eager on the golden models, and within the official code's own eager-vs-jit differences (NOTES §8: at
     most 1e-5 on the golden batches, 1e-4 on the multimodal audio)."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # if jax is not imported yet: leave the GPU to PyTorch
-    import jax
+    with jax_on_cpu() as jax:
+        from .jax_reference import build
 
-    from .jax_reference import build
-
-    apply = jax.jit(build(task, config).apply)
-    with jax.default_device(jax.devices("cpu")[0]), jax.default_matmul_precision("highest"):
+        apply = jax.jit(build(task, config).apply)
         (out, intermediates), _ = apply(checkpoint.params, checkpoint.state, jax.random.PRNGKey(0), **inputs)
-        return _flatten(jax.tree_util.tree_map(np.asarray, {**intermediates, "out": out}))
+        return flatten(jax.tree_util.tree_map(np.asarray, {**intermediates, "out": out}))

@@ -9,8 +9,8 @@ reference is one of:
   the latents, the encoder after its cross-attention and after each self-attention application, the
   decoder queries, the decoder output, the final output). It proves the conversion computes what the
   official modules compute *under that configuration*; a configuration that keeps every shape but
-  changes the numbers (another `num_blocks`, head count, `num_bands`...) runs the same wrong model on
-  both sides and passes;
+  changes the numbers (another `num_blocks`, head count or Fourier `max_resolution`) runs the same wrong
+  model on both sides and passes;
 - outputs the user computed with their own JAX code on the same inputs (`read_jax_outputs`), or the
   user's own Haiku forward function run now on the checkpoint (`run_haiku_function`): only the outputs
   are compared, and a configuration that does not describe the checkpoint fails;
@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -45,7 +47,8 @@ from perceiver_io.inputs import dtype_name, fits_layout, input_specs, layout_tex
 from perceiver_io.tasks import parse_config
 
 from .haiku_pickle import HaikuCheckpoint
-from .parity import flatten_outputs, max_abs_error, run_jax_reference, run_torch
+from .parity import jax_on_cpu, max_abs_error, run_jax_reference, run_torch
+from .stages import flatten, is_output, unflatten
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -150,12 +153,16 @@ def first_chunk(config) -> dict[str, np.ndarray]:
     return {"image": image, "audio": audio}
 
 
-def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict:
+def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None = None,
+                default_chunk: bool = True) -> dict:
     """Inputs from an npz file of the official call's arguments (a golden `inputs.npz`, say); nested ones
-    as `name/key` (`subsampling/image`). The multimodal model's `subsampling` defaults to the first chunk."""
-    flat = _read_npz(path, "inputs")
-    inputs = _unflatten(flat)
+    as `name/key` (`subsampling/image`). The multimodal model's `subsampling` defaults to the first chunk,
+    unless not `default_chunk` (outputs computed on them must say which points they decoded)."""
+    inputs = unflatten(_read_npz(path, "inputs"))
     if task == "multimodal_autoencoding" and "subsampling" not in inputs:
+        if not default_chunk:
+            raise ConfigError(f"inputs file {path} has no subsampling/image and subsampling/audio: give the indices "
+                              "of the points your JAX code decoded (its outputs are one chunk of queries)")
         inputs["subsampling"] = first_chunk(parse_config(task, config))
     check_inputs(task, config, inputs, str(path))
     return inputs
@@ -169,7 +176,8 @@ def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, i
                  where: str) -> None:
     """Raises ConfigError, naming `where` and the array, unless `inputs` are the official call's arrays of
     `task` with the layouts, dtypes and index ranges of `perceiver_io.inputs.input_specs`."""
-    specs, arrays = input_specs(parse_config(task, config)), _flat(inputs)
+    specs = input_specs(parse_config(task, config))
+    arrays = {name: np.asarray(value) for name, value in flatten(inputs).items()}
     if set(arrays) != set(specs):
         raise ConfigError(f"{where}: the {task} model takes {sorted(specs)}, found {sorted(arrays)}")
     for name, spec in specs.items():
@@ -214,27 +222,6 @@ def _read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
                           f"({type(error).__name__}: {error})") from None
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        target = nested
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return nested
-
-
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    flat = {}
-    for name, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{name}/"))
-        else:
-            flat[f"{prefix}{name}"] = np.asarray(value)
-    return flat
-
-
 # ----------------------------------------------------------------------------------------------------
 # The reference
 
@@ -253,11 +240,34 @@ class Reference:
         """Writes an npz file: `inputs/<name>`, `stages/<name>` and a JSON header under `__meta__`. Atomic; an
         existing file is kept (FileExistsError) unless `overwrite`."""
         meta = {"format": REFERENCE_FORMAT, "task": self.task, "config": self.config, "origin": self.origin}
-        arrays = {f"inputs/{name}": value for name, value in _flat(self.inputs).items()}
+        arrays = {f"inputs/{name}": value for name, value in flatten(self.inputs).items()}
         arrays.update({f"stages/{name}": value for name, value in self.stages.items()})
         with atomic_output(path, overwrite) as file:
             np.savez_compressed(file, __meta__=np.array(json.dumps(meta)), **arrays)
         return Path(path)
+
+    @property
+    def outputs_only(self) -> bool:
+        """Whether the reference holds the outputs alone (the user's JAX outputs or Haiku function's)."""
+        return all(is_output(name) for name in self.stages)
+
+    def check_outputs(self, ours: Mapping[str, np.ndarray]) -> None:
+        """Raises ConfigError unless the reference's outputs are the PyTorch model's (`ours`, flat stages):
+        the same names and shapes, finite floating-point values. A mismatch is bad input, not a failed
+        stage: the user's outputs cannot be of this model on these inputs."""
+        expected = {name: value.shape for name, value in ours.items() if is_output(name)}
+        if set(self.stages) != set(expected):
+            raise ConfigError(f"{self.origin}: the outputs are named {sorted(self.stages)}, the {self.task} "
+                              f"model's are {sorted(expected)}")
+        for name, value in self.stages.items():
+            value = np.asarray(value)
+            if value.dtype.kind != "f":
+                raise ConfigError(f"{self.origin}: {name} holds {value.dtype} values, not floating-point ones")
+            if value.shape != expected[name]:
+                raise ConfigError(f"{self.origin}: {name} has shape {list(value.shape)}, the model's output "
+                                  f"{list(expected[name])}")
+            if not np.isfinite(value).all():
+                raise ConfigError(f"{self.origin}: {name} holds NaN or inf")
 
 
 def compute_reference(
@@ -266,9 +276,7 @@ def compute_reference(
     """Runs the project's JAX reference (float32, JAX on CPU) on the checkpoint; needs jax."""
     stages = run_jax_reference(checkpoint, task, parse_config(task, config), inputs)
     stages = {name: value for name, value in stages.items() if is_compared_stage(name)}
-    import jax
-
-    origin = f"JAX reference run now (jax {jax.__version__}, float32 on CPU)"
+    origin = f"JAX reference run now (jax {importlib.metadata.version('jax')}, float32 on CPU)"
     return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
 
 
@@ -281,9 +289,9 @@ def read_jax_outputs(path: str | Path, task: str, config: OfficialConfig | Mappi
     flat = _read_npz(path, "outputs")
     if not flat:
         raise ConfigError(f"outputs file {path} holds no array")
-    if not any(name == "out" or name.startswith("out/") for name in flat):
+    if not any(is_output(name) for name in flat):
         flat = {"out": next(iter(flat.values()))} if len(flat) == 1 else {f"out/{name}": v for name, v in flat.items()}
-    unknown = sorted(name for name in flat if not (name == "out" or name.startswith("out/")))
+    unknown = sorted(name for name in flat if not is_output(name))
     if unknown:
         raise ConfigError(f"outputs file {path}: {unknown} are not outputs; name the output `out` (or `out/<name>` "
                           "for each output of a mapping)")
@@ -292,29 +300,44 @@ def read_jax_outputs(path: str | Path, task: str, config: OfficialConfig | Mappi
 
 
 def load_haiku_function(spec: str):
-    """The callable that `spec` names: `package.module:function`, or `path/to/file.py:function`."""
-
+    """The callable that `spec` names: `package.module:function`, or `path/to/file.py:function`. The module
+    is imported as Python would run it: the working folder (and a file's own folder) on `sys.path`, the
+    module in `sys.modules`; its failure, `sys.exit` included, is a ConfigError."""
     module_name, _, function_name = spec.rpartition(":")
     if not module_name or not function_name:
         raise ConfigError(f"--haiku-fn {spec}: expected module:function (a module path or a .py file, then the "
                           "function's name)")
+    is_file = module_name.endswith(".py") or os.sep in module_name
+    if is_file and not Path(module_name).is_file():
+        raise ConfigError(f"--haiku-fn {spec}: no Python file at {module_name}")
+    folders = [os.getcwd(), *([str(Path(module_name).resolve().parent)] if is_file else [])]
+    saved_path = list(sys.path)
+    sys.path[:0] = folders
     try:
-        if module_name.endswith(".py") or os.sep in module_name:
-            if not Path(module_name).is_file():
-                raise ConfigError(f"--haiku-fn {spec}: no Python file at {module_name}")
-            loaded = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-            module = importlib.util.module_from_spec(loaded)
-            loaded.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ConfigError:
-        raise
-    except Exception as error:  # the user's module failed to import
+        module = _import_file(Path(module_name)) if is_file else importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:  # the user's module failed to import, or exited
         raise ConfigError(f"--haiku-fn {spec}: importing {module_name} failed: {_one_line(error)}") from None
+    finally:
+        sys.path[:] = saved_path
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"--haiku-fn {spec}: {module_name} has no function {function_name!r}")
     return function
+
+
+def _import_file(path: Path):
+    """The module of a .py file, registered in `sys.modules` by its stem (with a suffix if the stem names a
+    module already imported, which it must not replace)."""
+    name = path.stem if path.stem not in sys.modules else f"{path.stem}__haiku_fn"
+    loaded = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loaded)
+    sys.modules[name] = module
+    try:
+        loaded.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def run_haiku_function(spec: str, checkpoint: HaikuCheckpoint, task: str,
@@ -322,25 +345,26 @@ def run_haiku_function(spec: str, checkpoint: HaikuCheckpoint, task: str,
     """The user's Haiku forward function `spec` (see `load_haiku_function`), transformed with
     `hk.transform_with_state` and applied, unjitted, to the checkpoint's parameters and state and to `inputs`
     as keyword arguments (the official call's: `images`; `inputs`, `input_mask`; `images`, `audio`,
-    `subsampling`), in float32 on JAX's CPU device with full-precision matmuls. Its return value (an array,
-    or a mapping or sequence of them) is the reference's outputs. Needs jax and dm-haiku."""
+    `subsampling`), on JAX's CPU (`parity.jax_on_cpu`). Its return value, an array or a mapping of them by
+    name, is the reference's outputs. Needs jax and dm-haiku."""
     if importlib.util.find_spec("haiku") is None or importlib.util.find_spec("jax") is None:
         raise ConfigError("--haiku-fn needs jax and dm-haiku (pip install '.[jax]')")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import haiku as hk
-    import jax
-
     function = load_haiku_function(spec)
     arguments = dict(inputs)
     if "subsampling" in arguments:
         arguments["subsampling"] = {"label": None, **arguments["subsampling"]}  # as the colab passes it
-    try:
-        with jax.default_device(jax.devices("cpu")[0]), jax.default_matmul_precision("highest"):
+    with jax_on_cpu() as jax:
+        import haiku as hk
+
+        try:
             out, _ = hk.transform_with_state(function).apply(
                 checkpoint.params, checkpoint.state, jax.random.PRNGKey(0), **arguments)
-            stages = flatten_outputs(out)
-    except Exception as error:  # the user's code failed on this checkpoint or these inputs
-        raise ConfigError(f"--haiku-fn {spec} failed on the checkpoint and inputs: {_one_line(error)}") from None
+        except Exception as error:  # the user's code failed on this checkpoint or these inputs
+            raise ConfigError(f"--haiku-fn {spec} failed on the checkpoint and inputs: {_one_line(error)}") from None
+    if not isinstance(out, Mapping) and not hasattr(out, "shape"):
+        raise ConfigError(f"--haiku-fn {spec} returned a {type(out).__name__}; return the output array, or a "
+                          "mapping of the outputs by name")
+    stages = {name: np.asarray(value) for name, value in flatten({"out": out}).items()}
     origin = f"your Haiku function {spec} run now (jax {jax.__version__}, dm-haiku {hk.__version__}, float32 on CPU)"
     return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
 
@@ -362,7 +386,7 @@ def load_reference(path: str | Path) -> Reference:
         task, config, origin = meta["task"], meta["config"], meta["origin"]
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{path} is not a reference file written by verify --save-reference ({error})") from None
-    inputs = _unflatten({name[len("inputs/"):]: value for name, value in flat.items() if name.startswith("inputs/")})
+    inputs = unflatten({name[len("inputs/"):]: value for name, value in flat.items() if name.startswith("inputs/")})
     stages = {name[len("stages/"):]: value for name, value in flat.items() if name.startswith("stages/")}
     check_inputs(task, config, inputs, str(path))
     return Reference(task, config, inputs, stages, f"{origin}, saved in {path}")
@@ -407,7 +431,7 @@ class VerifyReport:
     @property
     def outputs_only(self) -> bool:
         """Whether the reference had only outputs to compare (the user's outputs or Haiku function)."""
-        return bool(self.stages) and all(check.stage.partition("/")[0] == "out" for check in self.stages)
+        return bool(self.stages) and all(is_output(check.stage) for check in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -521,8 +545,10 @@ def verify_model(
     tolerance = default_tolerance(reference.task, dtype) if tolerance is None else tolerance
     with full_float32_matmuls():
         ours = run_torch(model, torch_inputs(reference.task, reference.inputs))
+    if reference.outputs_only:
+        reference.check_outputs(ours)
     checks, only_ours, only_theirs = compare_stages(ours, reference.stages, tolerance)
-    inputs = {name: f"{'x'.join(map(str, value.shape))} {value.dtype}" for name, value in _flat(reference.inputs).items()}
+    inputs = {name: f"{'x'.join(map(str, value.shape))} {value.dtype}" for name, value in flatten(reference.inputs).items()}
     return VerifyReport(
         task=reference.task,
         model=model_origin,

@@ -394,6 +394,16 @@ class ImageNetConfig(OfficialConfig):
     num_classes: int = 1000
     image_size: tuple[int, int] = (224, 224)
 
+    @property
+    def variant(self) -> str:
+        """The released model type this config is, and so its task: `imagenet_conv` with the conv stem,
+        `imagenet_learned` with learned input positions, otherwise `imagenet_fourier` (the three differ
+        only by their configs)."""
+        preprocessor = self.input_preprocessor
+        if preprocessor.prep_type == "conv":
+            return "imagenet_conv"
+        return "imagenet_learned" if preprocessor.position_encoding_type == "trainable" else "imagenet_fourier"
+
 
 def _imagenet(input_preprocessor: ImagePreprocessorConfig, decoder_query_residual: bool) -> ImageNetConfig:
     return ImageNetConfig(
@@ -746,8 +756,16 @@ def parse_config(task: str, config: OfficialConfig | Mapping[str, Any] | None = 
         if released is None:
             raise ConfigError(f"task {task!r} has no released configuration; pass --config (official keys)")
         return released
-    if isinstance(config, config_type):
-        return config
     if isinstance(config, Mapping):
-        return config_type.from_official(config)
-    raise ConfigError(f"a {task} config must be a {config_type.__name__} or a dict, got {type(config).__name__}")
+        config = config_type.from_official(config)
+    if not isinstance(config, config_type):
+        raise ConfigError(f"a {task} config must be a {config_type.__name__} or a dict, got {type(config).__name__}")
+    if isinstance(config, ImageNetConfig) and config.variant != task:
+        raise ConfigError(f"the config describes an {config.variant} model ({_imagenet_stem(config)}), not {task}; "
+                          f"give --task {config.variant}")
+    return config
+
+
+def _imagenet_stem(config: ImageNetConfig) -> str:
+    preprocessor = config.input_preprocessor
+    return f"prep_type {preprocessor.prep_type!r}, {preprocessor.position_encoding_type} positions"

@@ -112,15 +112,12 @@ class ImageClassifier(nn.Module):
     forward(images float [B,H,W,3], channels last, normalised as the colab: (x - mean*255) / (std*255))
     -> logits [B,num_classes].
 
-    `task` names the model type it is saved and verified as: `imagenet_learned`, `imagenet_fourier` or
-    `imagenet_conv`; by default the one whose preprocessing the config shares (`imagenet_task`).
+    `task` is the model type its config is (`ImageNetConfig.variant`): `imagenet_learned`,
+    `imagenet_fourier` or `imagenet_conv`.
     """
 
-    def __init__(self, config: ImageNetConfig = IMAGENET_FOURIER, task: str | None = None):
+    def __init__(self, config: ImageNetConfig = IMAGENET_FOURIER):
         super().__init__()
-        if task is not None and task not in IMAGENET_TASKS:
-            raise ConfigError(f"an ImageClassifier is one of the tasks {', '.join(IMAGENET_TASKS)}, not {task!r}")
-        self.task = task or imagenet_task(config)
         self.config = config
         preprocessor = ImagePreprocessor(config.input_preprocessor, in_channels=3, image_shape=config.image_size)
         self.perceiver = Perceiver(
@@ -129,21 +126,13 @@ class ImageClassifier(nn.Module):
             input_preprocessor=preprocessor,
         )
 
+    @property
+    def task(self) -> str:
+        return self.config.variant
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_call(self.config, {"images": images}, next(self.parameters()))
         return self.perceiver(images)
-
-
-IMAGENET_TASKS = ("imagenet_learned", "imagenet_fourier", "imagenet_conv")
-
-
-def imagenet_task(config: ImageNetConfig) -> str:
-    """The ImageNet model type a config is: `imagenet_conv` with the conv stem, `imagenet_learned` with
-    learned input positions, otherwise `imagenet_fourier` (the three differ only by their configs)."""
-    preprocessor = config.input_preprocessor
-    if preprocessor.prep_type == "conv":
-        return "imagenet_conv"
-    return "imagenet_learned" if preprocessor.position_encoding_type == "trainable" else "imagenet_fourier"
 
 
 class OpticalFlow(nn.Module):
@@ -363,7 +352,7 @@ def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = N
     config = parse_config(task, config)
     model_type = get_task(task).model_type
     try:
-        return model_type(config, task) if model_type is ImageClassifier else model_type(config)
+        return model_type(config)
     except ConfigError:
         raise
     except ValueError as error:

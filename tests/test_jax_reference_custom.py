@@ -256,6 +256,32 @@ def test_refused_calls_and_configurations(runs):
         build("perceiver", config | {"output_postprocessor": {"type": "image", "postproc_type": "raft"}})
 
 
+def test_layers_initialise_as_haikus_library_layers():
+    """Default weights of Linear, the convolutions (whose fan-in counts kernel and input channels, the
+    transposed ones' included) and Embed have the spread of dm-haiku's: the same bound, stds within 6%."""
+    hk = pytest.importorskip("haiku")
+    x = np.zeros((1, 8, 8, 48), np.float32)
+    cases = {
+        "linear": (lambda s: layers.linear(s, "m", x, 64), lambda: hk.Linear(64, name="m")(x)),
+        "conv2d": (lambda s: layers.conv2d(s, "m", x, 64, 7, 2), lambda: hk.Conv2D(64, 7, 2, name="m")(x)),
+        "conv2d_transpose": (lambda s: layers.conv_transpose(s, "m", x, 32, (4, 4), (2, 2)),
+                             lambda: hk.Conv2DTranspose(32, 4, 2, name="m")(x)),
+        "conv3d_transpose": (lambda s: layers.conv_transpose(s, "m", x[:, None], 16, (2, 4, 4), (1, 4, 4)),
+                             lambda: hk.Conv3DTranspose(16, (2, 4, 4), (1, 4, 4), name="m")(x[:, None])),
+        "embed": (lambda s: layers.embed(s, "m", np.zeros(1, np.int32), 300, 40)[0],
+                  lambda: hk.Embed(300, 40, name="m")(np.zeros(1, np.int32))),
+    }
+    for case, (mine, theirs) in cases.items():
+        scope = Scope({}, {}, jax.random.PRNGKey(1), training=False, creating=True)
+        mine(scope)
+        expected = hk.transform(theirs).init(jax.random.PRNGKey(2))["m"]
+        weights = next(name for name in ("w", "embeddings") if name in expected)
+        ours, official = np.asarray(scope.params["m"][weights]), np.asarray(expected[weights])
+        assert ours.shape == official.shape, case
+        assert 0.94 < np.std(ours) / np.std(official) < 1.06, case
+        assert np.max(np.abs(ours)) <= np.max(np.abs(official)) * 1.03, case
+
+
 def test_layers_compute_what_haikus_library_layers_compute():
     """Linear, LayerNorm, Conv2D, max_pool, the transposed convolutions, Embed and BatchNorm (a training step
     with its moving averages, then evaluation) against dm-haiku's own modules on the same leaves."""

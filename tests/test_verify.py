@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from safetensors.numpy import save_file
 
 from converters.cli import main
 from converters.convert import convert_checkpoint
+from converters.haiku_pickle import load_haiku_checkpoint
 from converters.verify import (
     DEFAULT_FLOAT32_TOLERANCE,
     DTYPES,
+    compute_reference,
     default_tolerance,
     first_chunk,
     load_reference,
@@ -33,6 +36,7 @@ from converters.verify import (
 )
 from perceiver_io import hub
 from perceiver_io.attention import MLP
+from perceiver_io.configs import ConfigError
 from perceiver_io.serialization import load, save, task_of
 from perceiver_io.tasks import TASKS, build_model, parse_config
 
@@ -307,30 +311,43 @@ import haiku as hk
 import jax
 
 from converters.jax_reference import build
+from perceiver_settings import CONFIG_TEXT
 
-CONFIG = json.loads({config!r})
+CONFIG = json.loads(CONFIG_TEXT)
 
 
 def forward(images):
     \"\"\"A Haiku forward function of the checkpoint's true configuration, as a user's own code is.\"\"\"
     model = build("imagenet_fourier", CONFIG)
     params = hk.experimental.transparent_lift(lambda x: model.init(jax.random.PRNGKey(0), x)[0])(images)
-    (logits, _), _ = model.apply(params, {{}}, None, images)
+    (logits, _), _ = model.apply(params, {}, None, images)
     return logits
 
 
 def broken(images):
     raise RuntimeError("this function cannot run\\nsecond line")
+
+
+def pair(images):
+    return forward(images), images
 """
+
+
+def _haiku_module(folder: Path, golden: Golden) -> Path:
+    """The user's module `my_perceiver.py`, which imports its configuration from a module beside it."""
+    (folder / "perceiver_settings.py").write_text(f"CONFIG_TEXT = {json.dumps(golden.config)!r}\n")
+    module = folder / "my_perceiver.py"
+    module.write_text(HAIKU_FUNCTION)
+    return module
 
 
 def test_a_config_that_keeps_every_shape_is_caught_against_your_own_haiku_code(capsys, tmp_path, monkeypatch):
     """--haiku-fn: the user's Haiku function (here, the true configuration's) run on the checkpoint fails a
-    wrong num_blocks or head count and passes the right config; as a file or as an importable module."""
+    wrong num_blocks or head count and passes the right config; as a file (importing a module beside it) or
+    as a module importable from the working folder."""
     pytest.importorskip("haiku")
     golden = Golden("imagenet_fourier")
-    module = tmp_path / "my_perceiver.py"
-    module.write_text(HAIKU_FUNCTION.format(config=json.dumps(golden.config)))
+    module = _haiku_module(tmp_path, golden)
     inputs = str(golden.folder / "inputs.npz")
     for name, config in _imagenet_configs(tmp_path).items():
         status, report = _verify(capsys, str(golden.checkpoint), "--task", "imagenet_fourier", "--config", str(config),
@@ -338,7 +355,9 @@ def test_a_config_that_keeps_every_shape_is_caught_against_your_own_haiku_code(c
         assert [check["stage"] for check in report["stages"]] == ["out"]
         assert report["reference"].startswith(f"your Haiku function {module}:forward run now")
         assert (status, report["passed"]) == ((0, True) if name == "right" else (1, False)), name
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_perceiver", raising=False)
+    monkeypatch.delitem(sys.modules, "perceiver_settings", raising=False)
     status, table = _verify(capsys, *_golden_args(golden), "--inputs", inputs, "--haiku-fn", "my_perceiver:forward")
     assert status == 0 and "vs your Haiku function my_perceiver:forward run now" in table and "PASS" in table
 
@@ -349,14 +368,27 @@ def test_a_config_that_keeps_every_shape_is_caught_against_your_own_haiku_code(c
     ("--haiku-fn", "__MODULE__:absent", "has no function 'absent'"),
     ("--haiku-fn", "no_such_module_here:forward", "importing no_such_module_here failed: ModuleNotFoundError"),
     ("--haiku-fn", "__MODULE__:broken", "failed on the checkpoint and inputs: RuntimeError: this function cannot run"),
+    ("--haiku-fn", "__MODULE__:pair", "returned a tuple; return the output array, or a mapping"),
+    ("--haiku-fn", "__EXITS__:forward", "importing __EXITS__ failed: SystemExit: 3"),
     ("--jax-outputs", "__OUTPUTS__", "outputs file __OUTPUTS__: ['mask'] are not outputs"),
+    ("--jax-outputs", "__NAMED__", "the outputs are named ['out/logits', 'out/probabilities'], the imagenet_fourier "
+     "model's are ['out']"),
+    ("--jax-outputs", "__SHORT__", "out has shape [2, 5], the model's output [2, 10]"),
+    ("--jax-outputs", "__TEXT__", "out holds <U3 values, not floating-point ones"),
+    ("--jax-outputs", "__NAN__", "out holds NaN or inf"),
 ])
 def test_bad_user_reference_exits_2(option, value, message, capsys, tmp_path):
     golden = Golden("imagenet_fourier")
-    module = tmp_path / "my_perceiver.py"
-    module.write_text(HAIKU_FUNCTION.format(config=json.dumps(golden.config)))
-    np.savez(tmp_path / "outputs.npz", out=golden.outputs["out"], mask=np.ones(2))
-    replacements = {"__DIR__": str(tmp_path), "__MODULE__": str(module), "__OUTPUTS__": str(tmp_path / "outputs.npz")}
+    module = _haiku_module(tmp_path, golden)
+    (tmp_path / "exits.py").write_text("import sys\n\nsys.exit(3)\n")
+    logits = golden.outputs["out"]
+    outputs = {"OUTPUTS": {"out": logits, "mask": np.ones(2)}, "NAMED": {"logits": logits, "probabilities": logits},
+               "SHORT": {"out": logits[:, :5]}, "TEXT": {"out": np.array([["abc"] * 10] * 2)},
+               "NAN": {"out": np.where(np.eye(2, 10) > 0, np.nan, logits)}}
+    replacements = {"__DIR__": str(tmp_path), "__MODULE__": str(module), "__EXITS__": str(tmp_path / "exits.py")}
+    for name, arrays in outputs.items():
+        replacements[f"__{name}__"] = str(tmp_path / f"{name.lower()}.npz")
+        np.savez(replacements[f"__{name}__"], **arrays)
     for placeholder, path in replacements.items():
         value, message = value.replace(placeholder, path), message.replace(placeholder, path)
     status = main(["verify", *_golden_args(golden), "--inputs", str(golden.folder / "inputs.npz"), option, value])
@@ -370,8 +402,9 @@ def test_jax_outputs_without_inputs_exits_2(capsys):
     assert "--jax-outputs needs --inputs" in capsys.readouterr().err
 
 
-def test_jax_outputs_of_a_mapping_and_of_the_wrong_shape(capsys, tmp_path):
-    """The multimodal model's outputs by name (without `out/`); an output of another shape fails its stage."""
+def test_jax_outputs_of_a_mapping_must_be_the_models_outputs_on_the_points_decoded(capsys, tmp_path):
+    """The multimodal model's outputs by name (without `out/`) pass; an output of another shape, a missing
+    one, or inputs that do not say which points were decoded exit 2, naming what is wrong."""
     golden = Golden("multimodal_autoencoding")
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, images=golden.inputs["images"], audio=golden.inputs["audio"],
@@ -381,11 +414,21 @@ def test_jax_outputs_of_a_mapping_and_of_the_wrong_shape(capsys, tmp_path):
     status, report = _verify(capsys, *_golden_args(golden), "--inputs", str(inputs), "--jax-outputs",
                              str(tmp_path / "outputs.npz"), "--json")
     assert status == 0 and [check["stage"] for check in report["stages"]] == ["out/audio", "out/image", "out/label"]
-    np.savez(tmp_path / "short.npz", **{**outputs, "label": outputs["label"][:, :5]})
-    status, report = _verify(capsys, *_golden_args(golden), "--inputs", str(inputs), "--jax-outputs",
-                             str(tmp_path / "short.npz"), "--json")
-    assert status == 1 and report["first_failure"] == "out/label"
-    assert "shapes differ" in report["stages"][-1]["note"]
+    np.savez(tmp_path / "no_points.npz", images=golden.inputs["images"], audio=golden.inputs["audio"])
+    wrong = {
+        "short": (dict(outputs, label=outputs["label"][:, :5]), inputs,
+                  f"out/label has shape [2, 5], the model's output {list(outputs['label'].shape)}"),
+        "missing": ({m: outputs[m] for m in ("audio", "image")}, inputs,
+                    "the outputs are named ['out/audio', 'out/image'], the multimodal_autoencoding model's are "
+                    "['out/audio', 'out/image', 'out/label']"),
+        "no_points": (outputs, tmp_path / "no_points.npz", "has no subsampling/image and subsampling/audio"),
+    }
+    for name, (arrays, inputs_file, message) in wrong.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        status = main(["verify", *_golden_args(golden), "--inputs", str(inputs_file), "--jax-outputs",
+                       str(tmp_path / f"{name}.npz")])
+        error = capsys.readouterr().err
+        assert status == 2 and message in error and "\n" not in error.strip(), (name, error)
 
 
 LANGUAGE_FILE = ["__GOLDEN__", "--task", "language_mlm", "--config", "__CONFIG__"]
@@ -450,6 +493,33 @@ def test_save_reference_replaces_a_file_only_with_force_and_atomically(capsys, t
     assert path.read_bytes() == b"precious" and list(tmp_path.iterdir()) == [path]
     monkeypatch.undo()
     assert main([*save, "--force"]) == 0 and load_reference(path).task == "language_mlm"
+
+
+def test_a_config_that_does_not_fit_the_checkpoint_exits_2(capsys, tmp_path):
+    """A configuration of other shapes is named by the conversion's ledger on the command line, and by the
+    reference's tree check through the API; a config of another ImageNet model type than --task is refused."""
+    golden = Golden("imagenet_fourier")
+    wider = {**golden.config, "encoder": {**golden.config["encoder"], "num_z_channels": 2 * golden.config["encoder"]["num_z_channels"]}}
+    (tmp_path / "wider.json").write_text(json.dumps(wider))
+    status = main(["verify", str(golden.checkpoint), "--task", "imagenet_fourier", "--config", str(tmp_path / "wider.json")])
+    error = capsys.readouterr().err
+    assert status == 2 and "does not match the imagenet_fourier model with this configuration" in error, error
+    checkpoint = load_haiku_checkpoint(golden.checkpoint)
+    with pytest.raises(ConfigError, match="the configuration does not describe this checkpoint"):
+        compute_reference(checkpoint, "imagenet_fourier", wider, dict(golden.inputs))
+    conv = Golden("imagenet_conv")
+    status = main(["verify", str(conv.checkpoint), "--task", "imagenet_fourier", "--config",
+                   str(conv.folder / "reduced_config.json")])
+    error = capsys.readouterr().err
+    assert status == 2 and "describes an imagenet_conv model (prep_type 'conv'" in error, error
+
+
+def test_a_converted_file_beside_its_source_needs_no_config(capsys, tmp_path):
+    """SRC with --converted: the configuration comes from the converted file's header."""
+    golden = Golden("imagenet_conv")
+    converted = convert_checkpoint(golden.checkpoint, tmp_path / "conv.safetensors", "imagenet_conv", golden.config)
+    status, table = _verify(capsys, str(golden.checkpoint), "--converted", str(converted.output))
+    assert status == 0 and "PASS" in table
 
 
 def test_converted_file_of_another_task_or_config_exits_2(references, capsys, tmp_path):

@@ -9,7 +9,7 @@ PyTorch against. Needs jax (the optional `jax` extra); the configurations are th
     (logits, stages), state = reference.apply(params, state, rng, images)
 """
 
-from .models import TASKS, ReferenceModel, build
+from .models import ReferenceModel, build
 from .scope import ReferenceTreeError
 
-__all__ = ["TASKS", "ReferenceModel", "ReferenceTreeError", "build"]
+__all__ = ["ReferenceModel", "ReferenceTreeError", "build"]

@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import EncoderConfig
+from perceiver_io.configs import ConfigError, EncoderConfig
 
 from .layers import dropout, layer_norm, linear, truncated_normal, variance_scaling
 from .scope import Scope, numbered
@@ -27,18 +27,19 @@ def _heads(x: jax.Array, num_heads: int, what: str) -> jax.Array:
     """[B,T,C] -> [B,T,H,C/H]: head h holds channels [h*C/H, (h+1)*C/H)."""
     batch, tokens, channels = x.shape
     if channels % num_heads:
-        raise ValueError(f"{what} width {channels} is not divisible by {num_heads} heads")
+        raise ConfigError(f"{what} width {channels} is not divisible by {num_heads} heads")
     return x.reshape(batch, tokens, num_heads, channels // num_heads)
 
 
-def attention_weights_and_values(scope: Scope, q, k, v, mask, attention_dropout: float) -> jax.Array:
-    """q, k [B,T,H,Dqk], v [B,Tk,H,Dv], mask [B,Tq,Tk] or None -> [B,Tq,H*Dv]."""
+def attention_weights_and_values(q, k, v, mask) -> jax.Array:
+    """q, k [B,T,H,Dqk], v [B,Tk,H,Dv], mask [B,Tq,Tk] or None -> [B,Tq,H*Dv]. (The official attention's
+    dropout of the weights is left out: no official module sets a non-zero rate for it.)"""
     batch, num_queries, num_heads, qk_width = q.shape
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(qk_width))
     if mask is not None:
         fill = -1e4 if logits.dtype == jnp.float16 else -1e30
         logits = jnp.where(mask[:, None], logits, jnp.asarray(fill, logits.dtype))
-    weights = dropout(scope, jax.nn.softmax(logits, axis=-1), attention_dropout, "attention weights")
+    weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, num_queries, -1)
     if mask is not None:
         out = jnp.where(jnp.any(mask, axis=-1, keepdims=True), out, jnp.zeros_like(out))
@@ -46,15 +47,14 @@ def attention_weights_and_values(scope: Scope, q, k, v, mask, attention_dropout:
 
 
 def attention(scope: Scope, module: str, queries, keys_values, *, num_heads: int, qk_channels: int,
-              v_channels: int, output_channels: int, mask=None, attention_dropout: float = 0.0) -> jax.Array:
+              v_channels: int, output_channels: int, mask=None) -> jax.Array:
     """The official `Attention`: Linears `linear` (q), `linear_1` (k), `linear_2` (v), `linear_3` (out)."""
     init = variance_scaling(1.0, 1)
     q = linear(scope, f"{module}/linear", queries, qk_channels, init)
     k = linear(scope, f"{module}/linear_1", keys_values, qk_channels, init)
     v = linear(scope, f"{module}/linear_2", keys_values, v_channels, init)
-    mixed = attention_weights_and_values(
-        scope, _heads(q, num_heads, "qk"), _heads(k, num_heads, "qk"), _heads(v, num_heads, "v"), mask,
-        attention_dropout)
+    mixed = attention_weights_and_values(_heads(q, num_heads, "qk"), _heads(k, num_heads, "qk"),
+                                         _heads(v, num_heads, "v"), mask)
     return linear(scope, f"{module}/linear_3", mixed, output_channels, init)
 
 

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import DecoderConfig, FlowDecoderConfig
+from perceiver_io.configs import ConfigError, DecoderConfig, FlowDecoderConfig
 
 from .attention import cross_attention, outer_mask
 from .layers import Initializer, linear, truncated_normal, zeros
@@ -24,7 +24,7 @@ def basic_queries(scope: Scope, module: str, config: DecoderConfig, preprocessed
     (`{module}/~/...`) over `output_index_dims`, at the positions of `subsampled_points` (flat indices) when
     given; after the inputs without positions when `concat_preprocessed_input`. -> [B,O,Cq]."""
     if config.position_encoding_type == "none":
-        raise ValueError(f"{module} has no position encoding to build queries from")
+        raise ConfigError(f"{module} has no position encoding to build queries from")
     index_dims = config.index_dims
     pos = None
     if subsampled_points is not None:
@@ -37,7 +37,7 @@ def basic_queries(scope: Scope, module: str, config: DecoderConfig, preprocessed
         fourier=config.fourier_position_encoding_kwargs, pos=pos)
     if config.concat_preprocessed_input:
         if preprocessed.inputs_without_pos is None:
-            raise ValueError(f"{module}: concat_preprocessed_input needs a preprocessor's inputs without positions")
+            raise ConfigError(f"{module}: concat_preprocessed_input needs a preprocessor's inputs without positions")
         queries = jnp.concatenate([preprocessed.inputs_without_pos, queries], axis=-1)
     return queries
 
@@ -54,7 +54,7 @@ def basic_decode(scope: Scope, module: str, config: DecoderConfig, query: jax.Ar
     if not config.final_project:
         return out
     if config.output_num_channels is None:
-        raise ValueError(f"{module}: output_num_channels is required with final_project")
+        raise ConfigError(f"{module}: output_num_channels is required with final_project")
     return linear(scope, f"{module}/output", out, config.output_num_channels, output_init)
 
 

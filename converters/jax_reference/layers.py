@@ -65,8 +65,10 @@ def embed(scope: Scope, module: str, ids: jax.Array, vocab_size: int, width: int
 
 def conv2d(scope: Scope, module: str, x: jax.Array, width: int, kernel: int, stride: int,
            with_bias: bool = True) -> jax.Array:
-    """`hk.Conv2D` with 'SAME' padding (TensorFlow's: the odd pixel after): x [B,H,W,C], w [k,k,C,width]."""
-    w = scope.param(module, "w", (kernel, kernel, x.shape[-1], width), variance_scaling(1.0, 3))
+    """`hk.Conv2D` with 'SAME' padding (TensorFlow's: the odd pixel after): x [B,H,W,C], w [k,k,C,width].
+    Default weights TruncatedNormal(1/sqrt(k*k*C)), as Haiku's convolutions."""
+    w = scope.param(module, "w", (kernel, kernel, x.shape[-1], width),
+                    truncated_normal(1 / math.sqrt(kernel * kernel * x.shape[-1])))
     out = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out + scope.param(module, "b", (width,), zeros) if with_bias else out
 
@@ -74,9 +76,11 @@ def conv2d(scope: Scope, module: str, x: jax.Array, width: int, kernel: int, str
 def conv_transpose(scope: Scope, module: str, x: jax.Array, width: int, kernel: Sequence[int],
                    stride: Sequence[int]) -> jax.Array:
     """`hk.Conv2DTranspose` / `hk.Conv3DTranspose`, 'SAME': x [B,*S,C] -> [B,*(S*stride),width];
-    w [*kernel, width, C] (output channels before input ones), b [width]."""
+    w [*kernel, width, C] (output channels before input ones), b [width]. Default weights
+    TruncatedNormal(1/sqrt(prod(kernel)*C)): Haiku's fan-in counts the input channels C here too."""
     spatial = "DHW"[-len(kernel):]
-    w = scope.param(module, "w", (*kernel, width, x.shape[-1]), variance_scaling(1.0, len(kernel)))
+    w = scope.param(module, "w", (*kernel, width, x.shape[-1]),
+                    truncated_normal(1 / math.sqrt(math.prod(kernel) * x.shape[-1])))
     out = jax.lax.conv_transpose(x, w, tuple(stride), "SAME",
                                  dimension_numbers=(f"N{spatial}C", f"{spatial}OI", f"N{spatial}C"))
     return out + scope.param(module, "b", (width,), zeros)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_io.configs import (
+    ConfigError,
     AudioPostprocessorConfig,
     ClassificationDecoderConfig,
     ClassificationPostprocessorConfig,
@@ -37,7 +38,6 @@ from perceiver_io.configs import (
     PerceiverConfig,
     ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
-    TASK_CONFIGS,
     parse_config,
 )
 
@@ -55,8 +55,6 @@ from .layers import embed, truncated_normal, zeros
 from .processors import Preprocessed, image_preprocessor, multimodal_preprocessor, patches_for_flow, postprocess
 from .processors import preprocess
 from .scope import Scope, Tree
-
-TASKS = tuple(TASK_CONFIGS)
 
 
 def _perceiver(scope: Scope, config, preprocessed: Preprocessed, decoder: Decoder, input_mask=None) -> jax.Array:
@@ -80,7 +78,7 @@ def language_mlm(scope: Scope, config: LanguageConfig, inputs, input_mask=None):
     encoder, `basic_decoder` masked by `input_mask` too, and logits tied to `embed` plus
     `embedding_decoder/bias`."""
     if inputs.ndim != 2 or inputs.shape[1] != config.max_seq_len:
-        raise ValueError(f"inputs: expected token ids [B, {config.max_seq_len}], found {list(inputs.shape)}")
+        raise ConfigError(f"inputs: expected token ids [B, {config.max_seq_len}], found {list(inputs.shape)}")
     embedded, table = embed(scope, "embed", inputs, config.vocab_size, config.d_model)
     positions = scope.param("trainable_position_encoding", "pos_embs", (config.max_seq_len, config.d_model),
                             truncated_normal(0.02))
@@ -161,7 +159,7 @@ def _custom_decoder(scope: Scope, config: PerceiverConfig, preprocessed: Preproc
         return projection_decoder(scope, decoder.num_classes)
     if isinstance(decoder, FlowDecoderConfig):
         if decoder.output_image_shape is None:
-            raise ValueError("a flow decoder needs output_image_shape")
+            raise ConfigError("a flow decoder needs output_image_shape")
         return flow_decoder(scope, decoder, decoder.output_image_shape, preprocessed)
     if isinstance(decoder, ClassificationDecoderConfig):
         return classification_decoder(scope, decoder, decoder.num_classes, preprocessed, subsampled_points)
@@ -174,7 +172,7 @@ def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=N
     `Perceiver.__call__`: preprocessor, encoder, decoder, postprocessor."""
     expected = tuple(config.input_shape)
     if tuple(inputs.shape[1:]) != expected:
-        raise ValueError(f"inputs: expected shape [B, {', '.join(map(str, expected))}] from the config's "
+        raise ConfigError(f"inputs: expected shape [B, {', '.join(map(str, expected))}] from the config's "
                          f"input_shape, found {list(inputs.shape)}")
     scope.record("perceiver_call_inputs", inputs)
     preprocessed = preprocess(scope, config.input_preprocessor, inputs)

@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import FourierPositionEncodingConfig, TrainablePositionEncodingConfig
+from perceiver_io.configs import ConfigError, FourierPositionEncodingConfig, TrainablePositionEncodingConfig
 
 from .layers import linear, truncated_normal
 from .scope import Scope
@@ -37,7 +37,7 @@ def fourier_features(pos: jax.Array, config: FourierPositionEncodingConfig, inde
     """pos [..., N, d] -> [..., N, (d if concat_pos) + d*K*(1 if sine_only else 2)]."""
     resolution = config.max_resolution or tuple(index_dims)
     if len(resolution) != pos.shape[-1]:
-        raise ValueError(f"max_resolution {list(resolution)} has {len(resolution)} axes, the positions {pos.shape[-1]}")
+        raise ConfigError(f"max_resolution {list(resolution)} has {len(resolution)} axes, the positions {pos.shape[-1]}")
     bands = jnp.stack([jnp.linspace(1.0, size / 2, num=config.num_bands, endpoint=True, dtype=jnp.float32)
                        for size in resolution])
     scaled = (pos[..., :, None] * bands).reshape(*pos.shape[:-1], -1)
@@ -59,14 +59,14 @@ def position_encoding(scope: Scope, parent: str, kind: str, index_dims: Sequence
         encoding = jnp.broadcast_to(table, (batch_size, *table.shape))
     elif kind == "fourier":
         if fourier is None:
-            raise ValueError("a 'fourier' position encoding needs fourier_position_encoding_kwargs (num_bands, ...)")
+            raise ConfigError("a 'fourier' position encoding needs fourier_position_encoding_kwargs (num_bands, ...)")
         if pos is None:
             features = fourier_features(grid_positions(index_dims), fourier, index_dims)
             encoding = jnp.broadcast_to(features, (batch_size, *features.shape))
         else:
             encoding = fourier_features(pos, fourier, index_dims)
     else:
-        raise ValueError(f"unknown position_encoding_type {kind!r}; expected 'trainable' or 'fourier'")
+        raise ConfigError(f"unknown position_encoding_type {kind!r}; expected 'trainable' or 'fourier'")
     if project_pos_dim > 0:
         encoding = linear(scope, f"{parent}/position_encoding_projector/linear", encoding, project_pos_dim)
     return encoding

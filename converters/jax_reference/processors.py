@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_io.configs import (
+    ConfigError,
     AudioPostprocessorConfig,
     AudioPreprocessorConfig,
     ClassificationPostprocessorConfig,
@@ -45,7 +46,7 @@ def space_to_depth(x: jax.Array, temporal: int, spatial: int) -> jax.Array:
         blocks = x.reshape(b, t // temporal, temporal, h // spatial, spatial, w // spatial, spatial, c)
         blocks = blocks.transpose(0, 1, 3, 5, 2, 4, 6, 7)
         return blocks.reshape(b, t // temporal, h // spatial, w // spatial, -1)
-    raise ValueError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C], got shape {list(x.shape)}")
+    raise ConfigError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C], got shape {list(x.shape)}")
 
 
 def depth_to_space(x: jax.Array, temporal: int, spatial: int) -> jax.Array:
@@ -59,7 +60,7 @@ def depth_to_space(x: jax.Array, temporal: int, spatial: int) -> jax.Array:
         blocks = x.reshape(b, t, h, w, temporal, spatial, spatial, c // (temporal * spatial**2))
         blocks = blocks.transpose(0, 1, 4, 2, 5, 3, 6, 7)
         return blocks.reshape(b, t * temporal, h * spatial, w * spatial, -1)
-    raise ValueError(f"reverse_space_to_depth takes rank-4 or rank-5 arrays, got shape {list(x.shape)}")
+    raise ConfigError(f"reverse_space_to_depth takes rank-4 or rank-5 arrays, got shape {list(x.shape)}")
 
 
 def patches_for_flow(frames: jax.Array) -> jax.Array:
@@ -97,7 +98,7 @@ def _with_positions(scope: Scope, module: str, config: ImagePreprocessorConfig |
     if config.concat_or_add_pos == "concat":
         return Preprocessed(jnp.concatenate([flat, pos], axis=-1), None, flat)
     if pos.shape[-1] != flat.shape[-1]:
-        raise ValueError(f"{module}: adding positions needs as many position channels ({pos.shape[-1]}) as "
+        raise ConfigError(f"{module}: adding positions needs as many position channels ({pos.shape[-1]}) as "
                          f"features ({flat.shape[-1]})")
     return Preprocessed(flat + pos, None, flat)
 
@@ -107,7 +108,7 @@ def _conv_stem(scope: Scope, module: str, config: ImagePreprocessorConfig, image
     max-pool 3x3 stride 2, all 'SAME'; log4(spatial_downsample) layers."""
     num_layers = round(math.log(config.spatial_downsample, 4))
     if 4**num_layers != config.spatial_downsample or config.temporal_downsample != 1:
-        raise ValueError("prep_type 'conv' needs a power of 4 spatial_downsample and temporal_downsample 1")
+        raise ConfigError("prep_type 'conv' needs a power of 4 spatial_downsample and temporal_downsample 1")
     x = images
     for index in range(num_layers):
         x = conv2d(scope, f"{module}/~/{numbered('conv', index)}", x, config.num_channels, 7, 2, with_bias=False)
@@ -125,7 +126,7 @@ def image_preprocessor(scope: Scope, config: ImagePreprocessorConfig, images: ja
         features = _per_frame(lambda x: _conv_stem(scope, f"{module}/~/conv2_d_downsample", config, x), images)
     elif config.prep_type == "conv1x1":
         if t != 1:
-            raise ValueError("prep_type 'conv1x1' does not downsample in time")
+            raise ConfigError("prep_type 'conv1x1' does not downsample in time")
         features = _per_frame(lambda x: conv2d(scope, f"{module}/~/conv2_d", x, config.num_channels, 1, s), images)
     elif config.prep_type == "patches":
         features = space_to_depth(images, t, s)
@@ -163,7 +164,7 @@ def preprocess(scope: Scope, config: OfficialConfig | None, inputs) -> Preproces
         return one_hot_preprocessor(scope, inputs)
     if config is None:
         return Preprocessed(inputs, None, None)
-    raise ValueError(f"no reference for the preprocessor {type(config).__name__}")
+    raise ConfigError(f"no reference for the preprocessor {type(config).__name__}")
 
 
 def multimodal_preprocessor(scope: Scope, modalities: Mapping[str, OfficialConfig], inputs: Mapping[str, jax.Array],
@@ -173,6 +174,10 @@ def multimodal_preprocessor(scope: Scope, modalities: Mapping[str, OfficialConfi
     `mask_probs[m]` replaced by `{m}_mask_token` [1,C]; concatenated in sorted modality order."""
     module = "multimodal_preprocessor"
     names = sorted(modalities)
+    if mask_probs is not None and set(mask_probs) != set(names):
+        raise ConfigError(f"mask_probs names {sorted(mask_probs)}, the modalities are {names}")
+    if set(inputs) != set(names):
+        raise ConfigError(f"the multimodal inputs are {sorted(inputs)}, the modalities {names}")
     outputs = {name: preprocess(scope, modalities[name], inputs[name]) for name in names}
     width = max(output.inputs.shape[-1] for output in outputs.values()) + min_padding_size
     tokens = []
@@ -206,7 +211,7 @@ def image_postprocessor(scope: Scope, config: ImagePostprocessorConfig, x: jax.A
     if kind == "patches":
         return depth_to_space(x, config.temporal_upsample, config.spatial_upsample)
     if config.n_outputs == -1:
-        raise ValueError(f"'{kind}' image postprocessing needs n_outputs")
+        raise ConfigError(f"'{kind}' image postprocessing needs n_outputs")
     if kind == "conv1x1":
         return _per_frame(lambda y: conv2d(scope, f"{module}/~/conv2_d", y, config.n_outputs, 1,
                                            config.spatial_upsample), x)
@@ -244,7 +249,7 @@ def postprocess(scope: Scope, config: OfficialConfig | None, x: jax.Array):
     if isinstance(config, ImagePostprocessorConfig):
         return image_postprocessor(scope, config, x)
     if type(config) not in POSTPROCESSOR_MODULES:
-        raise ValueError(f"no reference for the postprocessor {type(config).__name__}")
+        raise ConfigError(f"no reference for the postprocessor {type(config).__name__}")
     module = f"{POSTPROCESSOR_MODULES[type(config)]}/linear"
     if isinstance(config, ProjectionPostprocessorConfig):
         return linear(scope, module, x, config.num_outputs)

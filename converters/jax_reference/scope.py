@@ -18,11 +18,15 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from perceiver_io.configs import ConfigError
+
+from ..stages import flatten
+
 Tree = dict[str, dict[str, Any]]
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
-class ReferenceTreeError(ValueError):
+class ReferenceTreeError(ConfigError):
     """The parameter or state tree lacks a leaf the configuration reads, or holds it in another shape."""
 
 
@@ -66,11 +70,7 @@ class Scope:
 
     def record(self, stage: str, value: Any) -> None:
         """Keeps `value` as the stage `stage`, a mapping's items as `stage/key` (None values are not stages)."""
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                self.record(f"{stage}/{key}", item)
-        elif value is not None:
-            self.stages[stage] = value
+        self.stages.update(flatten({stage: value}))
 
     def _leaf(self, tree: Tree, kind: str, module: str, name: str, shape, init: Initializer, dtype) -> jax.Array:
         shape = tuple(int(size) for size in shape)
