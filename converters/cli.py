@@ -38,14 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_io.atomic import check_output
-from perceiver_io.checkpoint_file import CheckpointFileError
-from perceiver_io.configs import ConfigError
 from perceiver_io import hub
-from perceiver_io.configs import TASK_CONFIGS as TASKS, parse_config
+from perceiver_io.atomic import check_output
+from perceiver_io.configs import TASK_CONFIGS as TASKS
+from perceiver_io.configs import parse_config
+from perceiver_io.errors import ConfigError, PerceiverIOError
 
 from .convert import ConversionReport, convert_checkpoint
-from .errors import ConversionError
 
 TASK_CHOICES = [*hub.RELEASES, *(task for task in TASKS if task not in hub.RELEASES)]
 """The six released models, then `perceiver` (a custom model of the official building set, with --config)."""
@@ -235,8 +234,17 @@ def _verify(argv: list[str]) -> int:
 
     from .haiku_pickle import load_haiku_checkpoint
     from .parity import jax_available
-    from .verify import DTYPES, check_device, compute_reference, load_reference, read_inputs, read_jax_outputs
-    from .verify import run_haiku_function, synthetic_inputs, verify_model
+    from .verify import (
+        DTYPES,
+        check_device,
+        compute_reference,
+        load_reference,
+        read_inputs,
+        read_jax_outputs,
+        run_haiku_function,
+        synthetic_inputs,
+        verify_model,
+    )
 
     args = _verify_parser().parse_args(argv)
     check_device(args.device)
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, MemoryError, ConversionError, ConfigError, CheckpointFileError) as error:
+    except (OSError, MemoryError, PerceiverIOError) as error:
         print(f"{program}: error: {_message(error)}", file=sys.stderr)
         return 2
     finally:

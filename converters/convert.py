@@ -31,17 +31,11 @@ import numpy as np
 
 import perceiver_io
 from perceiver_io.atomic import atomic_output, check_output
-from perceiver_io.checkpoint_file import (
-    LateValue,
-    PlannedTensor,
-    c_contiguous,
-    checkpoint_metadata,
-    write_checkpoint,
-)
+from perceiver_io.cache import get_cache_dir
+from perceiver_io.checkpoint_file import LateValue, PlannedTensor, c_contiguous, checkpoint_metadata, write_checkpoint
 from perceiver_io.configs import OfficialConfig, parse_config
-from perceiver_io.hub import get_cache_dir
+from perceiver_io.errors import ConversionError, MappingError
 
-from .errors import ConversionError, MappingError
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
 from .mapping import Rule, task_rules
 

@@ -55,8 +55,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 import numpy as np
 
 from perceiver_io.atomic import atomic_output, special_file_kind
-
-from .errors import CheckpointFormatError, UnsafePickleError
+from perceiver_io.errors import CheckpointFormatError, ConversionError, InputTypeError, UnsafePickleError
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -263,7 +262,7 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
         params, state = _split_params_and_state(source, "the in-memory Haiku tree")
         return HaikuCheckpoint(params=params, state=state, source=None)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
+        raise InputTypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
     path = os.fspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no Haiku checkpoint at {path}: check the path, or download the released file first")
@@ -725,7 +724,7 @@ class _ReleasedPickleWriter:
                 self._value(item)
             self._write(closing.get(len(value), pickle.TUPLE))
         else:
-            raise TypeError(f"cannot write {type(value).__name__} {value!r} into a released-format pickle")
+            raise ConversionError(f"cannot write {type(value).__name__} {value!r} into a released-format pickle")
 
     def _str(self, text: str) -> None:
         encoded = text.encode("utf-8", "surrogatepass")
@@ -738,5 +737,5 @@ class _ReleasedPickleWriter:
         elif size < 1 << 32:
             self._write(pickle.BINBYTES + struct.pack("<I", size))
         else:
-            raise ValueError(f"a leaf of {size} bytes does not fit a protocol-3 pickle (at most 4 GiB per array)")
+            raise ConversionError(f"a leaf of {size} bytes does not fit a protocol-3 pickle (at most 4 GiB per array)")
         self._write(data)

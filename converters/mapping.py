@@ -18,22 +18,22 @@ from typing import Callable
 from perceiver_io.configs import (
     AudioPreprocessorConfig,
     ClassificationDecoderConfig,
-    FlowDecoderConfig,
-    IdentityPostprocessorConfig,
-    ImagePostprocessorConfig,
-    PerceiverConfig,
-    ProjectionDecoderConfig,
     DecoderConfig,
     EncoderConfig,
     FlowConfig,
+    FlowDecoderConfig,
+    IdentityPostprocessorConfig,
     ImageNetConfig,
+    ImagePostprocessorConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
     MultimodalConfig,
     OfficialConfig,
+    PerceiverConfig,
+    ProjectionDecoderConfig,
 )
+from perceiver_io.errors import MappingError
 
-from .errors import MappingError
 from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, CONV_TRANSPOSE_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
 
 

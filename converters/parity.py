@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from perceiver_io.configs import OfficialConfig
+from perceiver_io.errors import InputError
 
 from .haiku_pickle import HaikuCheckpoint
 from .stages import flatten
@@ -48,7 +49,7 @@ class StageError:
 
 def max_abs_error(ours: np.ndarray, theirs: np.ndarray) -> float:
     if ours.shape != theirs.shape:
-        raise ValueError(f"shapes differ: ours {ours.shape}, reference {theirs.shape}")
+        raise InputError(f"shapes differ: ours {ours.shape}, reference {theirs.shape}")
     if not np.isfinite(ours).all():
         return float("inf")
     return float(np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)), initial=0.0))

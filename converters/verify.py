@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from perceiver_io.atomic import atomic_output
-from perceiver_io.configs import ConfigError, OfficialConfig
+from perceiver_io.configs import OfficialConfig
+from perceiver_io.errors import ConfigError
 from perceiver_io.inputs import dtype_name, fits_layout, input_specs, layout_text
 from perceiver_io.tasks import parse_config
 
@@ -379,13 +380,14 @@ def _one_line(error: BaseException) -> str:
 def load_reference(path: str | Path) -> Reference:
     """A reference saved by `Reference.save` (or `convert-checkpoint verify --save-reference`)."""
     flat = _read_npz(path, "reference")
+    not_a_reference = f"{path} is not a reference file written by verify --save-reference"
     try:
         meta = json.loads(str(flat.pop("__meta__")))
-        if meta["format"] != REFERENCE_FORMAT:
-            raise ValueError(f"format {meta['format']!r}")
-        task, config, origin = meta["task"], meta["config"], meta["origin"]
+        format_, task, config, origin = meta["format"], meta["task"], meta["config"], meta["origin"]
     except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"{path} is not a reference file written by verify --save-reference ({error})") from None
+        raise ConfigError(f"{not_a_reference} ({type(error).__name__}: {error})") from None
+    if format_ != REFERENCE_FORMAT:
+        raise ConfigError(f"{not_a_reference} (format {format_!r})")
     inputs = unflatten({name[len("inputs/"):]: value for name, value in flat.items() if name.startswith("inputs/")})
     stages = {name[len("stages/"):]: value for name, value in flat.items() if name.startswith("stages/")}
     check_inputs(task, config, inputs, str(path))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 def make_cross_attention_mask(query_mask: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
     """Outer product of a query mask [B,Tq] and a key mask [B,Tk]: bool [B,Tq,Tk] (official helper)."""
@@ -98,7 +100,7 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if qk_channels % num_heads or v_channels % num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"qk_channels ({qk_channels}) and v_channels ({v_channels}) must be divisible by "
                 f"num_heads ({num_heads})"
             )
@@ -164,7 +166,7 @@ class SelfAttention(nn.Module):
         qk_channels = qk_channels or channels
         v_channels = v_channels or qk_channels
         if v_channels != channels:
-            raise ValueError(
+            raise ConfigError(
                 f"self-attention over {channels} channels needs v_channels == {channels} (the official "
                 f"SelfAttention adds its {v_channels}-channel attention output to its input); got qk_channels="
                 f"{qk_channels}, v_channels={v_channels}"
@@ -206,7 +208,7 @@ class CrossAttention(nn.Module):
     ):
         super().__init__()
         if shape_for_attn not in ("q", "kv"):
-            raise ValueError(f"shape_for_attn must be 'q' or 'kv', got {shape_for_attn!r}")
+            raise ConfigError(f"shape_for_attn must be 'q' or 'kv', got {shape_for_attn!r}")
         qk_channels = qk_channels or (kv_channels if shape_for_attn == "kv" else q_channels)
         v_channels = v_channels or qk_channels
         self.use_query_residual = use_query_residual

@@ -23,6 +23,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 import numpy as np
 
 from .atomic import atomic_output, special_file_kind
+from .errors import CheckpointFileError
 
 FORMAT_NAME = "perceiver_io"
 FORMAT_VERSION = "1"
@@ -40,10 +41,6 @@ _DTYPES = {
     np.dtype(np.uint8): "U8",
     np.dtype(np.bool_): "BOOL",
 }
-
-
-class CheckpointFileError(ValueError):
-    """A converted checkpoint file is missing, unreadable or not of this project's format."""
 
 
 @dataclass(frozen=True)

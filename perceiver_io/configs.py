@@ -18,11 +18,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping, NamedTuple, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T", bound="OfficialConfig")
-
-
-class ConfigError(ValueError):
-    """A configuration dict does not describe a valid model."""
 
 
 class _Range(NamedTuple):

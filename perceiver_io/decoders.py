@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .attention import CrossAttention, make_cross_attention_mask
-from .configs import ConfigError, DecoderConfig, FlowDecoderConfig
+from .configs import DecoderConfig, FlowDecoderConfig
+from .errors import ConfigError, InputError
 from .inputs import check_index_range
 from .position_encoding import TrainablePositionEncoding, build_position_encoding, subsampled_positions
 
@@ -47,7 +48,7 @@ class DecoderQueries(nn.Module):
         if subsampled_points is not None:
             points = torch.as_tensor(subsampled_points)  # checked where it is (chunks() makes them on the CPU)
             if points.ndim != 1 or points.is_floating_point() or points.dtype == torch.bool:
-                raise ValueError(f"subsampled_points: expected flat integer indices [N] into the "
+                raise InputError(f"subsampled_points: expected flat integer indices [N] into the "
                                  f"{'x'.join(map(str, self.index_dims))} grid, got {points.dtype} {list(points.shape)}")
             check_index_range("subsampled_points", points, math.prod(self.index_dims))
             pos = subsampled_positions(points.to(inputs.device), self.index_dims)
@@ -55,7 +56,7 @@ class DecoderQueries(nn.Module):
         queries = self.position_encoding(batch_size, self.index_dims, pos, inputs.device, inputs.dtype)
         if self.concat_preprocessed_input:
             if inputs_without_pos is None:
-                raise ValueError("concat_preprocessed_input needs the preprocessed inputs without positions")
+                raise InputError("concat_preprocessed_input needs the preprocessed inputs without positions")
             queries = torch.cat([inputs_without_pos, queries], dim=-1)
         return queries
 
@@ -151,7 +152,7 @@ class FlowDecoder(nn.Module):
 
     def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
         if subsampled_points is not None:
-            raise ValueError("the flow decoder predicts every pixel; it does not take subsampled points")
+            raise InputError("the flow decoder predicts every pixel; it does not take subsampled points")
         return inputs
 
     def forward(self, query: torch.Tensor, z: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_output, check_output
+from .errors import InputError
 from .images import rgb_pixels
 from .tasks import OpticalFlow
 
@@ -27,9 +28,9 @@ def tile_origins(image_shape: tuple[int, int], tile_size: tuple[int, int], min_o
     also let an earlier tile run past the edge (and fail), that tile is moved flush with the edge too."""
     height, width = image_shape
     if not 0 <= min_overlap < min(tile_size):
-        raise ValueError(f"min_overlap ({min_overlap}) must be in [0, {min(tile_size)}): the tile size is {tuple(tile_size)}")
+        raise InputError(f"min_overlap ({min_overlap}) must be in [0, {min(tile_size)}): the tile size is {tuple(tile_size)}")
     if height < tile_size[0] or width < tile_size[1]:
-        raise ValueError(
+        raise InputError(
             f"frames of {height}x{width} are smaller than the model's {tile_size[0]}x{tile_size[1]} tile; "
             "resize or pad them to at least the tile size"
         )
@@ -57,9 +58,9 @@ def tiled_flow(
     the official grid lists twice is computed once and counted twice."""
     frame1, frame2 = np.asarray(frame1, np.float32), np.asarray(frame2, np.float32)
     if frame1.shape != frame2.shape or frame1.ndim != 3 or frame1.shape[-1] != 3:
-        raise ValueError(f"expected two RGB frames [H,W,3] of one size, got {frame1.shape} and {frame2.shape}")
+        raise InputError(f"expected two RGB frames [H,W,3] of one size, got {frame1.shape} and {frame2.shape}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     frames = np.stack([frame1, frame2])
     tile = tuple(model.config.train_size)
     counts = Counter(tile_origins(frames.shape[1:3], tile, min_overlap))

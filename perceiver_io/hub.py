@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 
 from .atomic import atomic_output
-from .configs import ConfigError
+from .cache import CACHE_ENV, get_cache_dir
+from .errors import ChecksumError, ConfigError, DownloadError
 
 RELEASE_BASE_URL = "https://storage.googleapis.com/perceiver_io/"
 GOOGLE_DRIVE_URL = "https://drive.google.com/uc?id={id}"
-CACHE_ENV = "PERCEIVER_IO_CACHE"
 BASE_URL_ENV = "PERCEIVER_IO_BASE_URL"
 CHECKSUMS_FILE = "checksums.json"
 BYTES_PER_PARAMETER = 4  # float32
@@ -57,14 +57,6 @@ BYTES_PER_PARAMETER = 4  # float32
 _CHUNK_BYTES = 1 << 20
 _RETRIED_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _USER_AGENT = "perceiver-io-port (urllib)"
-
-
-class DownloadError(OSError):
-    """A released file could not be fetched: every URL failed (the message lists each, and what to do)."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded or cached file does not have the sha256 it must have."""
 
 
 @dataclass(frozen=True)
@@ -128,16 +120,6 @@ def get_release(name: str) -> Release:
         return RELEASES[name]
     except KeyError:
         raise ConfigError(f"no released checkpoint is named {name!r}; released: {', '.join(RELEASES)}") from None
-
-
-def get_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else `$PERCEIVER_IO_CACHE`, else `$XDG_CACHE_HOME/perceiver_io`, else `~/.cache/perceiver_io`."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "perceiver_io"
 
 
 def original_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from .errors import InputError
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -27,5 +29,5 @@ def rgb_pixels(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float32)
     array = np.asarray(image, dtype=np.float32)
     if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image [H,W,3], got an array of shape {array.shape}")
+        raise InputError(f"expected an RGB image [H,W,3], got an array of shape {array.shape}")
     return array

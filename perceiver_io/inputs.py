@@ -11,6 +11,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from .configs import FlowConfig, ImageNetConfig, LanguageConfig, MultimodalConfig, OfficialConfig
+from .errors import InputError, InputTypeError
 
 Values = Literal["floating", "integer", "any"]
 
@@ -91,17 +92,17 @@ def check_tensor(
     `hint` ends each message: what the values must be, e.g. "channels last, in [0,1]". The messages are
     made only on failure: this runs on every forward pass."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected {_wanted(values, like)} {layout_text(layout, hint)}, "
+        raise InputTypeError(f"{name}: expected {_wanted(values, like)} {layout_text(layout, hint)}, "
                         f"got a {type(value).__name__}")
     if not fits_layout(value.shape, layout):
-        raise ValueError(f"{name}: expected shape {layout_text(layout, hint)}, got {list(value.shape)}")
+        raise InputError(f"{name}: expected shape {layout_text(layout, hint)}, got {list(value.shape)}")
     if values == "floating" and value.dtype != like.dtype:
-        raise TypeError(f"{name} is {dtype_name(value.dtype)} but the model computes in {dtype_name(like.dtype)}: "
+        raise InputTypeError(f"{name} is {dtype_name(value.dtype)} but the model computes in {dtype_name(like.dtype)}: "
                         f"pass {_wanted(values, like)}{layout_text((), hint)}")
     if values == "integer" and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-        raise TypeError(f"{name} is {dtype_name(value.dtype)}: expected {_wanted(values, like)}{layout_text((), hint)}")
+        raise InputTypeError(f"{name} is {dtype_name(value.dtype)}: expected {_wanted(values, like)}{layout_text((), hint)}")
     if value.device != like.device:
-        raise ValueError(f"{name} is on {value.device} but the model is on {like.device}: move one of them")
+        raise InputError(f"{name} is on {value.device} but the model is on {like.device}: move one of them")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -128,4 +129,4 @@ def check_index_range(name: str, value: torch.Tensor, size: int) -> None:
         return
     low, high = torch.stack(torch.aminmax(value)).tolist()
     if low < 0 or high >= size:
-        raise ValueError(f"{name} must be in [0, {size}), got values from {low} to {high}")
+        raise InputError(f"{name} must be in [0, {size}), got values from {low} to {high}")

@@ -9,6 +9,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from .errors import InputError
 from .images import rgb_pixels
 from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
 from .tokenizer import MASK, NUM_SPECIAL_TOKENS, BytesTokenizer
@@ -28,11 +29,11 @@ def fill_mask(model: LanguagePerceiver, text: str, mask_marker: str = MASK_MARKE
     Returns the text with every marker replaced by the predicted byte (invalid UTF-8 shows as U+FFFD).
     """
     if not mask_marker:
-        raise ValueError("mask_marker must not be empty")
+        raise InputError("mask_marker must not be empty")
     tokenizer = BytesTokenizer()
     pieces = text.split(mask_marker)
     if len(pieces) == 1:
-        raise ValueError(f"the text has no {mask_marker!r} to fill")
+        raise InputError(f"the text has no {mask_marker!r} to fill")
     ids = []
     for index, piece in enumerate(pieces):
         ids.extend(tokenizer.encode(piece).tolist())
@@ -64,7 +65,7 @@ def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     pixels = rgb_pixels(image)
     height, width = pixels.shape[:2]
     if min(height, width) == 0:
-        raise ValueError(f"the image is empty: {height}x{width} pixels")
+        raise InputError(f"the image is empty: {height}x{width} pixels")
     crop = max(1, int(size[0] / (size[0] + CROP_PADDING) * min(height, width)))
     top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
     cropped = pixels[top: top + crop, left: left + crop]
@@ -78,7 +79,7 @@ def imagenet_input(image, size: tuple[int, int] = (224, 224)) -> np.ndarray:
 def classify_image(model: ImageClassifier, image, top_k: int = 5) -> list[tuple[str, float]]:
     """The `top_k` (class name, probability) pairs for a PIL image, an image file or an RGB array."""
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise InputError(f"top_k must be at least 1, got {top_k}")
     parameter = next(model.parameters())
     pixels = torch.from_numpy(imagenet_input(image, tuple(model.config.image_size)))[None]
     logits = model(pixels.to(parameter.device, parameter.dtype))[0].float()
@@ -104,11 +105,11 @@ def reconstruct_video(
     """
     if isinstance(images, (str, os.PathLike)):
         if audio is not None:
-            raise ValueError("pass either an .npz file or the images and audio arrays, not both")
+            raise InputError("pass either an .npz file or the images and audio arrays, not both")
         with np.load(images, allow_pickle=False) as arrays:
             missing = sorted({"images", "audio"} - set(arrays.files))
             if missing:
-                raise ValueError(f"{images} lacks the arrays {missing} (it has {sorted(arrays.files)})")
+                raise InputError(f"{images} lacks the arrays {missing} (it has {sorted(arrays.files)})")
             images, audio = arrays["images"], arrays["audio"]
     images = np.asarray(images, dtype=np.float32)
     audio = np.asarray(audio, dtype=np.float32)

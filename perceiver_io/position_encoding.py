@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .configs import FourierPositionEncodingConfig, TrainablePositionEncodingConfig
+from .errors import ConfigError, InputError
 
 
 def jax_linspace(start: float, stop: float, num: int, device=None) -> torch.Tensor:
@@ -80,7 +81,7 @@ class TrainablePositionEncoding(nn.Module):
 
     def forward(self, batch_size: int, index_dims: Sequence[int] | None = None, pos=None, device=None, dtype=None):
         if index_dims is not None and math.prod(index_dims) != self.embeddings.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"the learned position encoding covers {self.embeddings.shape[0]} positions, but the input has "
                 f"{math.prod(index_dims)} ({'x'.join(map(str, index_dims))}); learned encodings only work at the "
                 "size they were trained at"
@@ -105,7 +106,7 @@ class FourierPositionEncoding(nn.Module):
     ):
         super().__init__()
         if max_resolution is not None and len(max_resolution) != num_dims:
-            raise ValueError(f"max_resolution {tuple(max_resolution)} must have {num_dims} entries")
+            raise ConfigError(f"max_resolution {tuple(max_resolution)} must have {num_dims} entries")
         self.num_dims = num_dims
         self.num_bands = num_bands
         self.max_resolution = None if max_resolution is None else tuple(max_resolution)
@@ -125,7 +126,7 @@ class FourierPositionEncoding(nn.Module):
     def forward(self, batch_size: int, index_dims: Sequence[int], pos=None, device=None, dtype=None):
         dtype = dtype or torch.float32
         if len(index_dims) != self.num_dims:
-            raise ValueError(f"a {self.num_dims}-d Fourier encoding cannot cover an index grid {tuple(index_dims)}")
+            raise InputError(f"a {self.num_dims}-d Fourier encoding cannot cover an index grid {tuple(index_dims)}")
         if pos is not None:
             return self._features(pos.to(torch.float32), index_dims).to(dtype)
         if torch.compiler.is_compiling():
@@ -176,10 +177,10 @@ def build_position_encoding(
         encoding = TrainablePositionEncoding(math.prod(index_dims), trainable.num_channels, trainable.init_scale)
     elif position_encoding_type == "fourier":
         if fourier is None:
-            raise ValueError("a 'fourier' position encoding needs fourier_position_encoding_kwargs (num_bands, ...)")
+            raise ConfigError("a 'fourier' position encoding needs fourier_position_encoding_kwargs (num_bands, ...)")
         encoding = FourierPositionEncoding(
             len(index_dims), fourier.num_bands, fourier.max_resolution, fourier.concat_pos, fourier.sine_only
         )
     else:
-        raise ValueError(f"unknown position_encoding_type {position_encoding_type!r}; expected 'trainable' or 'fourier'")
+        raise ConfigError(f"unknown position_encoding_type {position_encoding_type!r}; expected 'trainable' or 'fourier'")
     return PositionEncodingProjector(encoding, project_pos_dim) if project_pos_dim > 0 else encoding

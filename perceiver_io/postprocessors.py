@@ -8,8 +8,9 @@ import math
 import torch
 from torch import nn
 
-from .configs import ConfigError, ImagePostprocessorConfig
+from .configs import ImagePostprocessorConfig
 from .conv import Conv2DUpsample, Conv3DUpsample
+from .errors import ConfigError, InputError
 
 
 class EmbeddingDecoder(nn.Module):
@@ -82,7 +83,7 @@ def reverse_space_to_depth(x: torch.Tensor, temporal_block_size: int = 1, spatia
         b, n, h, w, c = x.shape
         x = x.reshape(b, n, h, w, t, s, s, c // (t * s * s)).permute(0, 1, 4, 2, 5, 3, 6, 7)
         return x.reshape(b, n * t, h * s, w * s, -1)
-    raise ValueError(f"reverse_space_to_depth takes rank-4 or rank-5 inputs, got shape {tuple(x.shape)}")
+    raise InputError(f"reverse_space_to_depth takes rank-4 or rank-5 inputs, got shape {tuple(x.shape)}")
 
 
 class ImagePostprocessor(nn.Module):

@@ -10,12 +10,9 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .configs import (
-    AudioPreprocessorConfig,
-    ConfigError,
-    ImagePreprocessorConfig,
-)
+from .configs import AudioPreprocessorConfig, ImagePreprocessorConfig
 from .conv import Conv2DDownsample, pad_same
+from .errors import ConfigError, InputError
 from .position_encoding import TrainablePositionEncoding, build_position_encoding
 
 
@@ -39,7 +36,7 @@ class TokenPreprocessor(nn.Module):
         batch_size, seq_len = inputs.shape
         max_seq_len = self.position_encoding.embeddings.shape[0]
         if seq_len != max_seq_len:
-            raise ValueError(
+            raise InputError(
                 f"inputs have {seq_len} tokens but the model's position encoding has {max_seq_len}; "
                 f"pad the inputs to {max_seq_len} (the tokenizer's pad) and pass an input_mask"
             )
@@ -59,7 +56,7 @@ def space_to_depth(frames: torch.Tensor, temporal_block_size: int = 1, spatial_b
         b, n, h, w, c = frames.shape
         x = frames.reshape(b, n // t, t, h // s, s, w // s, s, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
         return x.reshape(b, n // t, h // s, w // s, t * s * s * c)
-    raise ValueError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C] frames, got shape {tuple(frames.shape)}")
+    raise InputError(f"space_to_depth takes [B,H,W,C] or [B,T,H,W,C] frames, got shape {tuple(frames.shape)}")
 
 
 class NetworkInputs(nn.Module):
@@ -271,7 +268,7 @@ class MultimodalPreprocessor(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> PreprocessorOutput:
         missing = sorted(set(self.modalities) - set(inputs))
         if missing:
-            raise ValueError(f"missing modalities {missing}; expected {sorted(self.modalities)}")
+            raise InputError(f"missing modalities {missing}; expected {sorted(self.modalities)}")
         tokens, sizes, without_pos = [], {}, {}
         for name in sorted(self.modalities):
             output = self.modalities[name](inputs[name])

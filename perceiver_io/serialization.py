@@ -13,15 +13,9 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import hub
-from .checkpoint_file import (
-    CheckpointFileError,
-    PlannedTensor,
-    checkpoint_metadata,
-    is_safetensors_file,
-    read_metadata,
-    write_checkpoint,
-)
-from .configs import ConfigError, OfficialConfig
+from .checkpoint_file import PlannedTensor, checkpoint_metadata, is_safetensors_file, read_metadata, write_checkpoint
+from .configs import OfficialConfig
+from .errors import CheckpointFileError, ConfigError, InputError
 from .inputs import dtype_name
 from .tasks import TASKS, build_model
 
@@ -159,7 +153,7 @@ def save(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> 
     task = task_of(model)
     state_dict = model.state_dict()
     if any(value.is_meta for value in state_dict.values()):
-        raise ValueError("the model is on the meta device, so it has no values to save; load its weights first")
+        raise InputError("the model is on the meta device, so it has no values to save; load its weights first")
     tensors = [_planned(key, value) for key, value in state_dict.items()]
     return write_checkpoint(path, tensors, checkpoint_metadata(task, model.config.to_json()), overwrite)
 

@@ -15,25 +15,24 @@ from .configs import (
     LANGUAGE_MLM,
     MULTIMODAL_AUTOENCODING,
     OPTICAL_FLOW,
-    ConfigError,
-    FlowConfig,
-    ImageNetConfig,
-    LanguageConfig,
+    TASK_CONFIGS,
     AudioPostprocessorConfig,
     AudioPreprocessorConfig,
     ClassificationDecoderConfig,
     ClassificationPostprocessorConfig,
+    FlowConfig,
     FlowDecoderConfig,
     IdentityPostprocessorConfig,
+    ImageNetConfig,
     ImagePostprocessorConfig,
     ImagePreprocessorConfig,
+    LanguageConfig,
     MultimodalConfig,
     OfficialConfig,
     OneHotPreprocessorConfig,
     PerceiverConfig,
     ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
-    TASK_CONFIGS,
     parse_config,
 )
 from .decoders import (
@@ -45,6 +44,7 @@ from .decoders import (
     ProjectionDecoder,
 )
 from .encoder import PerceiverEncoder
+from .errors import ConfigError, InputError
 from .inputs import check_call
 from .perceiver import Perceiver
 from .postprocessors import (
@@ -226,7 +226,7 @@ class VideoAutoencoder(nn.Module):
         ranges of image points and of audio patches (split as evenly as possible when not divisible)."""
         num_chunks = self.config.nchunks if num_chunks is None else num_chunks
         if not isinstance(num_chunks, int) or num_chunks < 1:
-            raise ValueError(f"num_chunks must be a positive integer, got {num_chunks!r}")
+            raise InputError(f"num_chunks must be a positive integer, got {num_chunks!r}")
         image_points = torch.arange(math.prod(self.config.image_shape))
         audio_points = torch.arange(self.config.num_audio_samples // self.config.samples_per_patch)
         return [
@@ -350,10 +350,4 @@ def get_task(name: str) -> Task:
 def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> nn.Module:
     """A freshly initialised model of `task` (the released configuration unless `config` is given)."""
     config = parse_config(task, config)
-    model_type = get_task(task).model_type
-    try:
-        return model_type(config)
-    except ConfigError:
-        raise
-    except ValueError as error:
-        raise ConfigError(f"invalid {task} configuration: {error}") from error
+    return get_task(task).model_type(config)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 PAD, BOS, EOS, MASK, CLS, SEP = range(6)
 NUM_SPECIAL_TOKENS = 6
 VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS
@@ -31,7 +33,7 @@ class BytesTokenizer:
     def pad(self, ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Pads ids [N] with PAD to `length`: (ids [length], mask [length], 1 = token, 0 = padding)."""
         if len(ids) > length:
-            raise ValueError(f"{len(ids)} tokens do not fit the model's {length} positions")
+            raise InputError(f"{len(ids)} tokens do not fit the model's {length} positions")
         padded = np.full(length, PAD, dtype=np.int32)
         padded[: len(ids)] = ids
         mask = np.zeros(length, dtype=np.int32)

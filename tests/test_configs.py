@@ -14,12 +14,12 @@ from perceiver_io.configs import (
     MAX_LAYERS,
     MAX_SIZE,
     TASK_CONFIGS,
-    ConfigError,
     FourierPositionEncodingConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
     parse_config,
 )
+from perceiver_io.errors import ConfigError
 from perceiver_io.tasks import build_model
 
 from .conftest import DATA, GOLDEN, manifest

@@ -12,8 +12,8 @@ import torch
 
 from converters.cli import main
 from converters.convert import convert_checkpoint, convert_tree, export_tree
-from converters.errors import CheckpointFormatError, MappingError, UnsafePickleError
 from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
+from perceiver_io.errors import CheckpointFormatError, MappingError, UnsafePickleError
 from perceiver_io.serialization import load
 
 from .conftest import GOLDEN

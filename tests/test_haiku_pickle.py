@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.errors import CheckpointFormatError, UnsafePickleError
 from converters.haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint, save_haiku_npz, save_haiku_pickle
+from perceiver_io.errors import CheckpointFormatError, UnsafePickleError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = REPO_ROOT / "tests" / "data" / "golden"

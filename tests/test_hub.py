@@ -24,8 +24,8 @@ import torch
 from converters.cli import main
 from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
 from perceiver_io import hub
-from perceiver_io.checkpoint_file import CheckpointFileError, read_metadata
-from perceiver_io.configs import ConfigError
+from perceiver_io.checkpoint_file import read_metadata
+from perceiver_io.errors import CheckpointFileError, ChecksumError, ConfigError, DownloadError
 from perceiver_io.serialization import load
 from perceiver_io.tasks import TASKS
 
@@ -218,7 +218,7 @@ def test_connection_dropped_mid_file_is_resumed_with_range(cache, server, releas
 def test_interrupted_download_leaves_a_partial_file_that_the_next_download_resumes(cache, server, released_bytes):
     cut = len(released_bytes) // 2
     server.script[FILE_PATH] = [("drop", cut)]
-    with pytest.raises(hub.DownloadError) as failure:
+    with pytest.raises(DownloadError) as failure:
         hub.download("language_mlm", retries=0, backoff=0.01, timeout=5.0)
     partial = cache / f"{LANGUAGE.file_name}.partial"
     assert f"{FILE_PATH}: the connection closed after {cut:,} of {len(released_bytes):,} bytes" in str(failure.value)
@@ -238,7 +238,7 @@ def test_server_errors_are_retried_a_bounded_number_of_times(cache, server, rele
 
     hub.original_path("language_mlm").unlink()
     server.script[FILE_PATH] = [("status", 503)] * 3
-    with pytest.raises(hub.DownloadError, match=r"HTTP 503 .*gave up after 2 retries"):
+    with pytest.raises(DownloadError, match=r"HTTP 503 .*gave up after 2 retries"):
         hub.download("language_mlm", **FAST)
     assert len(server.requests_for(FILE_PATH)) == 3 + 3
 
@@ -255,7 +255,7 @@ def test_corrupt_download_is_rejected_by_checksum_and_nothing_is_kept(known_from
         expected_listing = [hub.CHECKSUMS_FILE]
         origin = f"recorded in {cache / hub.CHECKSUMS_FILE} by an earlier download"
     server.script[FILE_PATH] = ["corrupt"]
-    with pytest.raises(hub.ChecksumError) as failure:
+    with pytest.raises(ChecksumError) as failure:
         hub.download("language_mlm", **FAST)
     assert f"expected {sha256(released_bytes)} ({origin}" in str(failure.value)
     assert "); it was deleted" in str(failure.value)
@@ -267,7 +267,7 @@ def test_corrupt_download_is_rejected_by_checksum_and_nothing_is_kept(known_from
 def test_corrupt_cached_file_is_refused(cache, server):
     path = hub.download("language_mlm", **FAST)
     path.write_bytes(b"\x80\x03damaged")
-    with pytest.raises(hub.ChecksumError, match=f"the cached {path} has sha256 .*recorded in "
+    with pytest.raises(ChecksumError, match=f"the cached {path} has sha256 .*recorded in "
                        f"{cache / hub.CHECKSUMS_FILE} by an earlier download.* delete it to download it again"):
         hub.download("language_mlm", **FAST)
 
@@ -298,7 +298,7 @@ def test_misconfigured_download_exits_2_with_a_message(cache, server, capsys, mo
 
 def test_missing_file_names_the_url_and_where_to_put_it(cache, server):
     del server.files[FILE_PATH]
-    with pytest.raises(hub.DownloadError) as failure:
+    with pytest.raises(DownloadError) as failure:
         hub.download("language_mlm", **FAST)
     message = str(failure.value)
     assert f"{server.url}{FILE_PATH}: HTTP 404 Not Found" in message
@@ -311,7 +311,7 @@ def test_unreachable_network_fails_clearly_after_bounded_retries(cache, monkeypa
     url = closed_port_url()
     monkeypatch.setenv(hub.BASE_URL_ENV, url)
     start = time.monotonic()
-    with pytest.raises(hub.DownloadError) as failure:
+    with pytest.raises(DownloadError) as failure:
         hub.download("language_mlm", **FAST)
     assert time.monotonic() - start < 2
     message = str(failure.value)
@@ -382,7 +382,7 @@ def test_google_drive_mirror_is_fetched_with_gdown_and_checked(cache, server, re
 def test_google_drive_copy_with_a_wrong_checksum_is_rejected(cache, server, released_bytes, monkeypatch):
     pytest.importorskip("gdown")
     drive_path = _with_google_drive_copy(server, monkeypatch, released_bytes[::-1], sha=sha256(released_bytes))
-    with pytest.raises(hub.ChecksumError) as failure:
+    with pytest.raises(ChecksumError) as failure:
         hub.download("language_mlm", **FAST)
     assert f"{FILE_PATH}: HTTP 404" in str(failure.value)
     assert f"{server.url}{drive_path}: the downloaded file has sha256" in str(failure.value)
@@ -392,7 +392,7 @@ def test_google_drive_copy_with_a_wrong_checksum_is_rejected(cache, server, rele
 def test_google_drive_copy_without_gdown_says_what_to_install(cache, server, released_bytes, monkeypatch):
     _with_google_drive_copy(server, monkeypatch, released_bytes)
     monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown fails
-    with pytest.raises(hub.DownloadError, match=r"needs gdown: pip install 'perceiver-io-port\[download\]'"):
+    with pytest.raises(DownloadError, match=r"needs gdown: pip install 'perceiver-io-port\[download\]'"):
         hub.download("language_mlm", **FAST)
 
 

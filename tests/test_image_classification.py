@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_io.pipelines import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, classify_image, imagenet_classes, imagenet_input
+from perceiver_io.pipelines import (
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STDDEV_RGB,
+    classify_image,
+    imagenet_classes,
+    imagenet_input,
+)
 from perceiver_io.serialization import load
 
 from .conftest import Golden

@@ -16,12 +16,12 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from converters.jax_reference import ReferenceTreeError, build  # noqa: E402
-from converters.jax_reference import layers  # noqa: E402
+from converters.jax_reference import ReferenceTreeError, build, layers  # noqa: E402
 from converters.jax_reference.positions import fourier_features, grid_positions  # noqa: E402
 from converters.jax_reference.processors import depth_to_space, space_to_depth  # noqa: E402
 from converters.jax_reference.scope import Scope  # noqa: E402
-from perceiver_io.configs import ConfigError, FourierPositionEncodingConfig  # noqa: E402
+from perceiver_io.configs import FourierPositionEncodingConfig  # noqa: E402
+from perceiver_io.errors import ConfigError  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 MODELS = json.loads((DATA / "custom_reference_trees.json").read_text())["models"]

@@ -10,7 +10,8 @@ import torch
 from safetensors.numpy import save_file
 
 from converters.convert import convert_checkpoint
-from perceiver_io.checkpoint_file import CheckpointFileError, c_contiguous
+from perceiver_io.checkpoint_file import c_contiguous
+from perceiver_io.errors import CheckpointFileError
 from perceiver_io.pipelines import fill_mask
 from perceiver_io.serialization import load, save
 from perceiver_io.tokenizer import NUM_SPECIAL_TOKENS, BytesTokenizer

@@ -36,7 +36,7 @@ from converters.verify import (
 )
 from perceiver_io import hub
 from perceiver_io.attention import MLP
-from perceiver_io.configs import ConfigError
+from perceiver_io.errors import ConfigError
 from perceiver_io.serialization import load, save, task_of
 from perceiver_io.tasks import TASKS, build_model, parse_config
 

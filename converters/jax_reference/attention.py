@@ -12,7 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import ConfigError, EncoderConfig
+from perceiver_io.configs import EncoderConfig
+from perceiver_io.errors import ConfigError
 
 from .layers import dropout, layer_norm, linear, truncated_normal, variance_scaling
 from .scope import Scope, numbered

@@ -9,7 +9,8 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import ConfigError, DecoderConfig, FlowDecoderConfig
+from perceiver_io.configs import DecoderConfig, FlowDecoderConfig
+from perceiver_io.errors import ConfigError
 
 from .attention import cross_attention, outer_mask
 from .layers import Initializer, linear, truncated_normal, zeros

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_io.configs import (
-    ConfigError,
     AudioPostprocessorConfig,
     ClassificationDecoderConfig,
     ClassificationPostprocessorConfig,
@@ -40,6 +39,7 @@ from perceiver_io.configs import (
     ProjectionPostprocessorConfig,
     parse_config,
 )
+from perceiver_io.errors import ConfigError
 
 from .attention import encode, latents
 from .decoders import (
@@ -52,8 +52,14 @@ from .decoders import (
     projection_decoder,
 )
 from .layers import embed, truncated_normal, zeros
-from .processors import Preprocessed, image_preprocessor, multimodal_preprocessor, patches_for_flow, postprocess
-from .processors import preprocess
+from .processors import (
+    Preprocessed,
+    image_preprocessor,
+    multimodal_preprocessor,
+    patches_for_flow,
+    postprocess,
+    preprocess,
+)
 from .scope import Scope, Tree
 
 

@@ -14,7 +14,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import ConfigError, FourierPositionEncodingConfig, TrainablePositionEncodingConfig
+from perceiver_io.configs import FourierPositionEncodingConfig, TrainablePositionEncodingConfig
+from perceiver_io.errors import ConfigError
 
 from .layers import linear, truncated_normal
 from .scope import Scope

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_io.configs import (
-    ConfigError,
     AudioPostprocessorConfig,
     AudioPreprocessorConfig,
     ClassificationPostprocessorConfig,
@@ -23,6 +22,7 @@ from perceiver_io.configs import (
     OneHotPreprocessorConfig,
     ProjectionPostprocessorConfig,
 )
+from perceiver_io.errors import ConfigError
 
 from .layers import batch_norm, conv2d, conv_transpose, linear, max_pool_same, truncated_normal
 from .positions import position_encoding

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import ConfigError
+from perceiver_io.errors import ConfigError, InputError
 
 from ..stages import flatten
 
@@ -54,7 +54,7 @@ class Scope:
     def key(self, purpose: str) -> jax.Array:
         """A fresh key, split from the pass's key."""
         if self.rng is None:
-            raise ValueError(f"{purpose} draws random numbers: call the reference with an rng key")
+            raise InputError(f"{purpose} draws random numbers: call the reference with an rng key")
         self.rng, key = jax.random.split(self.rng)
         return key
 
