@@ -40,13 +40,12 @@ import numpy as np
 
 from perceiver_io import hub
 from perceiver_io.atomic import check_output
-from perceiver_io.configs import TASK_CONFIGS as TASKS
-from perceiver_io.configs import parse_config
 from perceiver_io.errors import ConfigError, PerceiverIOError
+from perceiver_io.registry import TASKS, parse_config, ported
 
 from .convert import ConversionReport, convert_checkpoint
 
-TASK_CHOICES = [*hub.RELEASES, *(task for task in TASKS if task not in hub.RELEASES)]
+TASK_CHOICES = list(TASKS)
 """The six released models, then `perceiver` (a custom model of the official building set, with --config)."""
 EXAMPLE_TASK = "language_mlm"
 EXAMPLE_CHECKPOINT = "language_perceiver_io_bytes.pickle"
@@ -63,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
     parser.add_argument("-o", "--output", help="the safetensors file to write")
     parser.add_argument("--task", choices=TASK_CHOICES,
-                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(sorted(TASKS))})")
+                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(ported())})")
     parser.add_argument("--config", help="JSON file with the model's configuration in the official colab keys "
                         "(default: the task's released configuration)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
@@ -151,13 +150,14 @@ def _run_example(output: Path, force: bool) -> int:
 
 
 def _list_releases() -> int:
-    print(f"{'name':25s} {'file':44s} {'size':>8s}  {'downloaded':10s} {'converted':9s} PyTorch model")
+    print(f"{'name':25s} {'file':44s} {'size':>8s}  {'downloaded':10s} {'converted':9s} use with")
     for name, release in hub.RELEASES.items():
         downloaded = "yes" if hub.original_path(name).exists() else "no"
         converted = "yes" if hub.converted_path(name).exists() else "no"
-        ported = "yes" if release.task in TASKS else "not yet"
+        spec = TASKS[name]
+        use = (spec.pipeline or spec.model).replace(":", ".") if spec.model else "not ported yet"
         print(f"{name:25s} {release.file_name:44s} {release.approx_bytes / 1e9:5.2f} GB  {downloaded:10s} "
-              f"{converted:9s} {ported}")
+              f"{converted:9s} {use}")
     print(f"cache: {hub.get_cache_dir()} (set ${hub.CACHE_ENV} to change it)")
     return 0
 
@@ -177,8 +177,7 @@ def _download(args: argparse.Namespace) -> int:
     original = hub.download(args.task)
     print(f"{args.task}: {original}")
     if output:
-        report = convert_checkpoint(original, output, args.task, config or hub.RELEASES[args.task].config,
-                                    args.force)
+        report = convert_checkpoint(original, output, args.task, config, args.force)
         _print_report(report)
     return 0
 
@@ -266,11 +265,9 @@ def _verify(argv: list[str]) -> int:
     source = None
     if args.source:
         if args.source in hub.RELEASES and not Path(args.source).exists():
-            release = hub.RELEASES[args.source]
-            if task and task != release.task:
-                raise ConfigError(f"the released checkpoint {args.source!r} holds {release.task}, not --task {task}")
-            task = release.task
-            config = config or release.config
+            if task and task != args.source:
+                raise ConfigError(f"the released checkpoint {args.source!r} holds {args.source}, not --task {task}")
+            task = args.source
             source = hub.download(args.source)
         else:
             source = Path(args.source)
@@ -294,8 +291,8 @@ def _verify(argv: list[str]) -> int:
         origin = f"{args.converted} (converted file)"
     if not task:
         raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
-    if task not in TASKS:
-        raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(sorted(TASKS))}")
+    if task not in ported():
+        raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(ported())}")
     if not args.reference:
         inputs = (read_inputs(args.inputs, task, config, default_chunk=not args.jax_outputs) if args.inputs
                   else synthetic_inputs(task, config))
@@ -368,7 +365,7 @@ def _convert(argv: list[str]) -> int:
         _parser().print_usage(sys.stderr)
         raise ConfigError("SRC and -o DST are required (or --example)")
     if not args.task:
-        raise ConfigError(f"--task is required; one of {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"--task is required; one of {', '.join(TASKS)}")
     output = _output_path(args.output)
     config = _read_config(args.config)
     report = convert_checkpoint(args.source, output, args.task, config, args.force)

@@ -33,11 +33,12 @@ import perceiver_io
 from perceiver_io.atomic import atomic_output, check_output
 from perceiver_io.cache import get_cache_dir
 from perceiver_io.checkpoint_file import LateValue, PlannedTensor, c_contiguous, checkpoint_metadata, write_checkpoint
-from perceiver_io.configs import OfficialConfig, parse_config
+from perceiver_io.configs import OfficialConfig
 from perceiver_io.errors import ConversionError, MappingError
+from perceiver_io.mapping import Rule
+from perceiver_io.registry import get_task, parse_config
 
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
-from .mapping import Rule, task_rules
 
 HaikuTree = dict[str, dict[str, np.ndarray]]
 
@@ -116,7 +117,7 @@ def _all_leaves(checkpoint: HaikuCheckpoint) -> set[tuple[str, str]]:
 
 def plan_conversion(checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig) -> list[PlannedTensor]:
     """The PyTorch tensors of `checkpoint`, checked by the ledger, each computed when it is written."""
-    rules = task_rules(task, config)
+    rules = get_task(task).conversion_rules(config)
     expected = expected_torch_tensors(task, config)
     source = checkpoint.source or "the parameter tree"
 
@@ -188,7 +189,7 @@ def export_tree(
 ) -> tuple[HaikuTree, HaikuTree]:
     """A PyTorch state_dict (tensors or arrays) as Haiku trees `(params, state)`: the inverse of conversion."""
     config = parse_config(task, config)
-    rules = task_rules(task, config)
+    rules = get_task(task).conversion_rules(config)
     missing = sorted({r.torch_key for r in rules} - set(state_dict))
     unused = sorted(set(state_dict) - {r.torch_key for r in rules})
     if missing or unused:
@@ -237,7 +238,7 @@ def convert_checkpoint(
     config = parse_config(task, config)
     checkpoint = load_haiku_checkpoint(source)
     tensors = plan_conversion(checkpoint, task, config)
-    state_keys = {rule.torch_key for rule in task_rules(task, config) if rule.collection == "state"}
+    state_keys = {rule.torch_key for rule in get_task(task).conversion_rules(config) if rule.collection == "state"}
     sizes = {t.name: int(np.prod(t.shape, dtype=np.int64)) for t in tensors}
     metadata: dict[str, str | LateValue] = checkpoint_metadata(task, config.to_json())
     if checkpoint.source:

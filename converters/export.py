@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from perceiver_io.serialization import task_of
+from perceiver_io.tasks import task_of
 
 from .convert import HaikuTree, export_tree
 from .haiku_pickle import save_haiku_npz, save_haiku_pickle

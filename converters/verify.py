@@ -44,8 +44,9 @@ from torch import nn
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import OfficialConfig
 from perceiver_io.errors import ConfigError
-from perceiver_io.inputs import dtype_name, fits_layout, input_specs, layout_text
-from perceiver_io.tasks import parse_config
+from perceiver_io.inputs import dtype_name
+from perceiver_io.registry import get_task, parse_config
+from perceiver_io.task_inputs import first_chunk, fits_layout, layout_text
 
 from .haiku_pickle import HaikuCheckpoint
 from .parity import jax_on_cpu, max_abs_error, run_jax_reference, run_torch
@@ -79,9 +80,6 @@ per-modality stages as `name/modality`). `z` equals the last self-attention and 
 
 REFERENCE_FORMAT = "perceiver-io-reference/1"
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
 
 def default_tolerance(task: str, dtype: str = "float32") -> float:
     """The task's float32 tolerance, widened to the band of `dtype` (relative to each stage's scale)."""
@@ -111,47 +109,12 @@ def reference_config(task: str, config: OfficialConfig | Mapping[str, Any] | Non
 
 
 def synthetic_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Deterministic inputs of the right kind for `task` under `config` (the official call's arguments).
-
-    - language: 3 rows of `MAX_SEQ_LEN` byte ids: one full (with some [MASK] ids), one half padding, one
-      all padding, with the matching `input_mask`;
-    - ImageNet: 2 images of the config's size, pixels uniform in [0,255] normalised as the colab does;
-    - flow: 2 frame pairs of the config's `TRAIN_SIZE`, uniform in [-1,1];
-    - multimodal: 2 clips (frames in [0,1], audio in [-1,1]) and the colab's first chunk of subsampled
-      points (image points and audio patches), as `subsampling`;
-    - a custom Perceiver: 2 examples of the config's `input_shape`, standard normal.
-    """
-    parsed = parse_config(task, config)
-    rng = np.random.default_rng(0)
-    if task == "language_mlm":
-        length = parsed.max_seq_len
-        ids = rng.integers(6, parsed.vocab_size, size=(3, length), dtype=np.int32)
-        ids[0, rng.choice(length, size=max(1, length // 8), replace=False)] = 3
-        mask = np.ones((3, length), np.int32)
-        mask[1, length // 2:] = 0
-        mask[2] = 0
-        return {"inputs": np.where(mask == 1, ids, 0).astype(np.int32), "input_mask": mask}
-    if task.startswith("imagenet"):
-        pixels = rng.uniform(0, 255, size=(2, *parsed.image_size, 3)).astype(np.float32)
-        return {"images": (pixels - IMAGENET_MEAN) / IMAGENET_STD}
-    if task == "optical_flow":
-        return {"images": rng.uniform(-1, 1, size=(2, 2, *parsed.train_size, 3)).astype(np.float32)}
-    if task == "multimodal_autoencoding":
-        return {
-            "images": rng.uniform(0, 1, size=(2, *parsed.image_shape, 3)).astype(np.float32),
-            "audio": rng.uniform(-1, 1, size=(2, parsed.num_audio_samples, 1)).astype(np.float32),
-            "subsampling": first_chunk(parsed),
-        }
-    if task == "perceiver":
-        return {"inputs": rng.normal(size=(2, *parsed.input_shape)).astype(np.float32)}
-    raise ConfigError(f"no synthetic inputs for task {task!r}")
-
-
-def first_chunk(config) -> dict[str, np.ndarray]:
-    """The colab's first chunk of subsampled points of the multimodal model (of `NCHUNKS`)."""
-    image = np.array_split(np.arange(math.prod(config.image_shape)), config.nchunks)[0]
-    audio = np.array_split(np.arange(config.num_audio_samples // config.samples_per_patch), config.nchunks)[0]
-    return {"image": image, "audio": audio}
+    """Deterministic inputs of the right kind for `task` under `config` (the official call's arguments; the
+    task's `synthetic_inputs` in `perceiver_io.registry`): language rows full, half and all padding;
+    normalised images; frame pairs in [-1,1]; clips with the colab's first chunk of points; custom inputs
+    of the config's `input_shape`."""
+    spec = get_task(task)
+    return spec.synthetic_inputs(spec.parse_config(config))
 
 
 def read_inputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None = None,
@@ -176,8 +139,9 @@ NUMPY_KINDS = {"integer": "iu", "floating": "f", "any": "biuf"}
 def check_inputs(task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any],
                  where: str) -> None:
     """Raises ConfigError, naming `where` and the array, unless `inputs` are the official call's arrays of
-    `task` with the layouts, dtypes and index ranges of `perceiver_io.inputs.input_specs`."""
-    specs = input_specs(parse_config(task, config))
+    `task` with the layouts, dtypes and index ranges of its `inputs` (`perceiver_io.registry`)."""
+    spec = get_task(task)
+    specs = spec.inputs(spec.parse_config(config))
     arrays = {name: np.asarray(value) for name, value in flatten(inputs).items()}
     if set(arrays) != set(specs):
         raise ConfigError(f"{where}: the {task} model takes {sorted(specs)}, found {sorted(arrays)}")

@@ -13,7 +13,8 @@ _EXPORTS = {
     "save": "perceiver_io.serialization",
     "build_model": "perceiver_io.tasks",
     "compile_for_inference": "perceiver_io.compiled",
-    "TASKS": "perceiver_io.tasks",
+    "TASKS": "perceiver_io.registry",
+    "PerceiverIOError": "perceiver_io.errors",
     "LanguagePerceiver": "perceiver_io.tasks",
     "ImageClassifier": "perceiver_io.tasks",
     "OpticalFlow": "perceiver_io.tasks",
@@ -26,7 +27,7 @@ _EXPORTS = {
     "fill_mask": "perceiver_io.pipelines",
     "classify_image": "perceiver_io.pipelines",
     "reconstruct_video": "perceiver_io.pipelines",
-    "RELEASES": "perceiver_io.hub",
+    "RELEASES": "perceiver_io.registry",
     "download": "perceiver_io.hub",
 }
 

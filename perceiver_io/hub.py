@@ -1,10 +1,11 @@
 """The released checkpoints: where they are, how big they are, and how to fetch each one once and keep it.
 
-`RELEASES` is the one table of the six checkpoints DeepMind released with Perceiver IO. Each row gives
-the official URL (`RELEASE_BASE_URL` + file name), the parameter count of the official manifest (4 bytes
-each in float32), a sha256 where one is known, and optional mirrors: other URLs, and a Google Drive file
-fetched with gdown (`pip install 'perceiver-io-port[download]'`). No sha256 is published for these files,
-so the table has none; the first download records one in the cache, and every later use checks it. A file
+`RELEASES` (from `perceiver_io.registry`, where each task's record holds its release) names the six
+checkpoints DeepMind released with Perceiver IO: the official URL (`RELEASE_BASE_URL` + file name), the
+parameter count of the official manifest (4 bytes each in float32), a sha256 where one is known, and
+optional mirrors: other URLs, and a Google Drive file fetched with gdown (`pip install
+'perceiver-io-port[download]'`). No sha256 is published for these files, so the records have none; the
+first download records one in the cache, and every later use checks it. A file
 put in the cache by hand is used as it is, and its sha256 is not recorded: were that copy damaged, the
 download that replaces it must not be held to its checksum.
 
@@ -42,64 +43,19 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Iterator, TextIO
 
 from .atomic import atomic_output
 from .cache import CACHE_ENV, get_cache_dir
 from .errors import ChecksumError, ConfigError, DownloadError
+from .registry import BASE_URL_ENV, RELEASES, TASKS, Release, ported
 
-RELEASE_BASE_URL = "https://storage.googleapis.com/perceiver_io/"
 GOOGLE_DRIVE_URL = "https://drive.google.com/uc?id={id}"
-BASE_URL_ENV = "PERCEIVER_IO_BASE_URL"
 CHECKSUMS_FILE = "checksums.json"
-BYTES_PER_PARAMETER = 4  # float32
 
 _CHUNK_BYTES = 1 << 20
 _RETRIED_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _USER_AGENT = "perceiver-io-port (urllib)"
-
-
-@dataclass(frozen=True)
-class Release:
-    """One released checkpoint.
-
-    `name` is what `perceiver_io.load` and `convert-checkpoint --task` take; it equals the task name.
-    `num_parameters` is the official manifest's `total_param_count`. `mirrors` are full URLs tried after
-    the official one; `gdrive_id` names a Google Drive copy, tried last. `config` is the model's
-    configuration in official keys, None for the task's released configuration.
-    """
-
-    name: str
-    task: str
-    file_name: str
-    num_parameters: int
-    sha256: str | None = None
-    mirrors: tuple[str, ...] = ()
-    gdrive_id: str | None = None
-    config: Mapping[str, Any] | None = None
-
-    @property
-    def approx_bytes(self) -> int:
-        return BYTES_PER_PARAMETER * self.num_parameters
-
-    def urls(self, base_url: str | None = None) -> list[str]:
-        """The official URL (or the one under `base_url` / `$PERCEIVER_IO_BASE_URL`), then the mirrors."""
-        base = base_url or os.environ.get(BASE_URL_ENV) or RELEASE_BASE_URL
-        return [f"{base.rstrip('/')}/{self.file_name}", *self.mirrors]
-
-
-RELEASES: dict[str, Release] = {
-    release.name: release
-    for release in (
-        Release("language_mlm", "language_mlm", "language_perceiver_io_bytes.pickle", 201_108_230),
-        Release("imagenet_learned", "imagenet_learned", "imagenet_learned_position_encoding.pystate", 62_255_848),
-        Release("imagenet_fourier", "imagenet_fourier", "imagenet_fourier_position_encoding.pystate", 48_440_627),
-        Release("imagenet_conv", "imagenet_conv", "imagenet_conv_preprocessing.pystate", 48_646_522),
-        Release("optical_flow", "optical_flow", "optical_flow_checkpoint.pystate", 41_057_134),
-        Release("multimodal_autoencoding", "multimodal_autoencoding", "video_autoencoding_checkpoint.pystate",
-                19_858_855),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -129,14 +85,14 @@ def original_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path
 
 def converted_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the converted checkpoint of `name` is (or will be) in the cache."""
-    return get_cache_dir(cache_dir) / f"{get_release(name).name}.safetensors"
+    get_release(name)  # ConfigError for a name that is not released
+    return get_cache_dir(cache_dir) / f"{name}.safetensors"
 
 
 def is_ported(name: str) -> bool:
-    """Whether the release's task has a PyTorch model (`perceiver_io.tasks.TASKS`)."""
-    from .tasks import TASKS
-
-    return get_release(name).task in TASKS
+    """Whether the release's task has a PyTorch model (its `perceiver_io.registry.TaskSpec.model`)."""
+    get_release(name)  # ConfigError for a name that is not released
+    return TASKS[name].model is not None
 
 
 def download(name: str, *, cache_dir: str | os.PathLike | None = None, **options: Any) -> Path:
@@ -149,7 +105,7 @@ def download(name: str, *, cache_dir: str | os.PathLike | None = None, **options
     folder = get_cache_dir(cache_dir)
     settings = DownloadOptions(**options)
     with _release_lock(folder, release, settings.quiet):
-        return _fetch_locked(release, folder, settings)
+        return _fetch_locked(name, release, folder, settings)
 
 
 def download_converted(name: str, *, cache_dir: str | os.PathLike | None = None, **options: Any) -> Path:
@@ -159,10 +115,8 @@ def download_converted(name: str, *, cache_dir: str | os.PathLike | None = None,
     """
     release = get_release(name)
     if not is_ported(name):
-        from .tasks import TASKS
-
         raise ConfigError(
-            f"the {release.task} model is not ported to PyTorch yet (ported: {', '.join(sorted(TASKS))}), so "
+            f"the {name} model is not ported to PyTorch yet (ported: {', '.join(ported())}), so "
             f"its released checkpoint cannot be loaded; perceiver_io.hub.download({name!r}) fetches the "
             "original Haiku file"
         )
@@ -175,19 +129,19 @@ def download_converted(name: str, *, cache_dir: str | os.PathLike | None = None,
         if not target.exists():
             from converters.convert import convert_checkpoint
 
-            original = _fetch_locked(release, folder, settings)
-            convert_checkpoint(original, target, release.task, release.config)
+            original = _fetch_locked(name, release, folder, settings)
+            convert_checkpoint(original, target, name)
     return target
 
 
-def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> Path:
+def _fetch_locked(name: str, release: Release, folder: Path, options: DownloadOptions) -> Path:
     """`download` under the release's lock."""
     target = folder / release.file_name
     expected = _expected_sha256(release, folder)
     if target.exists():
         if expected and (actual := _sha256(target)) != expected.sha256:
             raise ChecksumError(
-                f"the cached {target} has sha256 {actual}, but {release.name} must have {expected}; "
+                f"the cached {target} has sha256 {actual}, but {name} must have {expected}; "
                 "delete it to download it again"
             )
         return target
@@ -195,7 +149,7 @@ def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> P
     failures: list[DownloadError] = []
     for url in release.urls(options.base_url):
         try:
-            _http_download(url, partial, release.name, options)
+            _http_download(url, partial, name, options)
             _install(partial, target, expected, url)
             return target
         except DownloadError as error:
@@ -208,7 +162,7 @@ def _fetch_locked(release: Release, folder: Path, options: DownloadOptions) -> P
             return target
         except DownloadError as error:
             failures.append(error)
-    raise _failure(release, target, partial, failures)
+    raise _failure(name, release, target, partial, failures)
 
 
 @dataclass(frozen=True)
@@ -225,7 +179,7 @@ class _ExpectedSha256:
 def _expected_sha256(release: Release, folder: Path) -> _ExpectedSha256 | None:
     """The registry's sha256, else the one the first download recorded in the cache's checksums.json."""
     if release.sha256:
-        return _ExpectedSha256(release.sha256, "perceiver_io.hub.RELEASES")
+        return _ExpectedSha256(release.sha256, "perceiver_io.registry")
     recorded = _recorded_checksums(folder).get(release.file_name)
     if recorded is None:
         return None
@@ -244,8 +198,8 @@ def _install(downloaded: Path, target: Path, expected: _ExpectedSha256 | None, u
         _record_checksum(target.parent, target.name, actual)
 
 
-def _failure(release: Release, target: Path, partial: Path, failures: list[DownloadError]) -> DownloadError:
-    lines = [f"could not download the {release.name} checkpoint ({release.file_name}):"]
+def _failure(name: str, release: Release, target: Path, partial: Path, failures: list[DownloadError]) -> DownloadError:
+    lines = [f"could not download the {name} checkpoint ({release.file_name}):"]
     lines += [f"  {failure}" for failure in failures]
     if partial.exists():
         lines.append(f"{partial.stat().st_size:,} bytes are kept in {partial}; the next download resumes there.")

@@ -1,66 +1,23 @@
-"""The arrays of each task's official call, and the checks of what the task models are called with, so
-that a wrong call fails at once with a message that names the argument and what it must be, instead of an
-error from deep inside a matrix product. `converters.verify` checks its input files against the same table."""
+"""The checks of what the task models are called with, against their task's `InputSpec`s
+(`perceiver_io.task_inputs`), so that a wrong call fails at once with a message that names the argument
+and what it must be, instead of an error from deep inside a matrix product."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from .configs import FlowConfig, ImageNetConfig, LanguageConfig, MultimodalConfig, OfficialConfig
 from .errors import InputError, InputTypeError
-
-Values = Literal["floating", "integer", "any"]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One array of a task's official call: its layout (ints are required sizes, strings name free ones;
-    "B", the batch, is the same in every input), its kind of values, what it holds, and for indices the
-    bound they must stay below."""
-
-    layout: tuple[int | str, ...]
-    values: Values
-    what: str
-    bound: int | None = None
+from .task_inputs import InputSpec, Values, fits_layout, layout_text
 
 
-def input_specs(config: OfficialConfig) -> dict[str, InputSpec]:
-    """The arrays of the official call of the model `config` describes (those of the JAX reference's
-    apply), nested ones as `name/key`."""
-    if isinstance(config, LanguageConfig):
-        tokens = ("B", config.max_seq_len)
-        return {
-            "inputs": InputSpec(tokens, "integer", f"token ids, padded to {config.max_seq_len} with the tokenizer's "
-                                "pad", config.vocab_size),
-            "input_mask": InputSpec(tokens, "any", "1 = token, 0 = padding"),
-        }
-    if isinstance(config, ImageNetConfig):
-        return {"images": InputSpec(("B", "H", "W", 3), "floating",
-                                    "channels last, normalised as the colab: (x - mean*255) / (std*255)")}
-    if isinstance(config, FlowConfig):
-        return {"images": InputSpec(("B", 2, *config.train_size, 3), "floating",
-                                    "frame pairs in [-1,1]; perceiver_io.flow.tiled_flow takes frames of other sizes")}
-    if isinstance(config, MultimodalConfig):
-        return {
-            "images": InputSpec(("B", *config.image_shape, 3), "floating", "video frames in [0,1]"),
-            "audio": InputSpec(("B", config.num_audio_samples, 1), "floating", "audio in [-1,1]"),
-            "subsampling/image": InputSpec(("N",), "integer", "image points", math.prod(config.image_shape)),
-            "subsampling/audio": InputSpec(("N",), "integer", "audio patches",
-                                           config.num_audio_samples // config.samples_per_patch),
-        }
-    return {"inputs": InputSpec(("B", *config.input_shape), "floating", "the config's input_shape")}
-
-
-def check_call(config: OfficialConfig, arrays: Mapping[str, Any], like: torch.Tensor) -> None:
-    """Checks the tensors of a task model's call against `input_specs(config)` (`check_tensor`, and
+def check_call(specs: Mapping[str, InputSpec], arrays: Mapping[str, Any], like: torch.Tensor) -> None:
+    """Checks the tensors of a task model's call against its task's `specs` (`check_tensor`, and
     `check_index_range` for indices); an optional argument left out is None. The batch of the first
     fixes the others'."""
     batch = None
-    for name, spec in input_specs(config).items():
+    for name, spec in specs.items():
         value = arrays.get(name)
         if value is None:
             continue
@@ -70,12 +27,6 @@ def check_call(config: OfficialConfig, arrays: Mapping[str, Any], like: torch.Te
             check_index_range(name, value, spec.bound)
         if batch is None and "B" in spec.layout:
             batch = value.shape[spec.layout.index("B")]
-
-
-def fits_layout(shape: Sequence[int], layout: Sequence[int | str]) -> bool:
-    """Whether `shape` has the rank of `layout` and its sizes where `layout` fixes them (strings name free
-    sizes: ("B", 224, 224, 3))."""
-    return len(shape) == len(layout) and all(isinstance(size, str) or size == got for size, got in zip(layout, shape))
 
 
 def check_tensor(
@@ -112,13 +63,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def _wanted(values: str, like: torch.Tensor) -> str:
     return {"floating": f"a {dtype_name(like.dtype)} tensor", "integer": "an integer tensor", "any": "a tensor"}[values]
-
-
-def layout_text(layout: Sequence[int | str], hint: str) -> str:
-    """`layout` as [B,224,224,3] (nothing when empty), then the hint in parentheses: how every check of
-    a call, here and in `converters.verify`, writes what it expected."""
-    shape = f"[{','.join(map(str, layout))}]" if layout else ""
-    return shape + (f" ({hint})" if hint else "")
 
 
 def check_index_range(name: str, value: torch.Tensor, size: int) -> None:

@@ -11,12 +11,11 @@ import torch
 
 from .errors import InputError
 from .images import rgb_pixels
+from .task_inputs import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB
 from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
 from .tokenizer import MASK, NUM_SPECIAL_TOKENS, BytesTokenizer
 
 MASK_MARKER = "[MASK]"
-IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
-IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 CROP_PADDING = 32
 
 

@@ -17,7 +17,8 @@ from .checkpoint_file import PlannedTensor, checkpoint_metadata, is_safetensors_
 from .configs import OfficialConfig
 from .errors import CheckpointFileError, ConfigError, InputError
 from .inputs import dtype_name
-from .tasks import TASKS, build_model
+from .registry import TASKS
+from .tasks import build_model, task_of
 
 
 def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -93,7 +94,7 @@ def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
     metadata = read_metadata(path)
     task = metadata.get("task")
     if task not in TASKS:
-        raise CheckpointFileError(f"{path}: unknown task {task!r} in its metadata; known: {sorted(TASKS)}")
+        raise CheckpointFileError(f"{path}: unknown task {task!r} in its metadata; known: {list(TASKS)}")
     try:
         config = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError):
@@ -124,7 +125,7 @@ def _load_haiku(
     if task is None:
         raise ConfigError(
             f"{path} is not a converted .safetensors file, so it is read as an original Haiku checkpoint, which "
-            f"needs task= (one of {', '.join(sorted(TASKS))}) and, unless it has the released configuration, "
+            f"needs task= (one of {', '.join(TASKS)}) and, unless it has the released configuration, "
             "config= in official keys"
         )
     from converters.convert import convert_tree
@@ -138,14 +139,6 @@ def _load_haiku(
     }
     load_state_dict_strictly(model, state_dict, str(path))
     return model
-
-
-def task_of(model: nn.Module) -> str:
-    """The task a task model was built as (its `task`, kept from build to save to load)."""
-    task = getattr(model, "task", None)
-    if task not in TASKS or type(model) is not TASKS[task].model_type:
-        raise ConfigError(f"{type(model).__name__} is not one of the task models {sorted(TASKS)}")
-    return task
 
 
 def save(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:

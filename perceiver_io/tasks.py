@@ -1,10 +1,9 @@
-"""The released task models as thin compositions of the shared blocks, with the official call signatures,
-and the registry that names them."""
+"""The task models as thin compositions of the shared blocks, with the official call signatures; each
+names its task (`task`), whose record in `perceiver_io.registry` names the model class back."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -15,7 +14,6 @@ from .configs import (
     LANGUAGE_MLM,
     MULTIMODAL_AUTOENCODING,
     OPTICAL_FLOW,
-    TASK_CONFIGS,
     AudioPostprocessorConfig,
     AudioPreprocessorConfig,
     ClassificationDecoderConfig,
@@ -33,7 +31,6 @@ from .configs import (
     PerceiverConfig,
     ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
-    parse_config,
 )
 from .decoders import (
     BasicDecoder,
@@ -64,6 +61,7 @@ from .preprocessors import (
     TokenPreprocessor,
     patches_for_flow,
 )
+from .registry import TASKS, get_task
 
 
 class LanguagePerceiver(nn.Module):
@@ -101,7 +99,7 @@ class LanguagePerceiver(nn.Module):
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.perceiver.input_preprocessor.token_embedding.weight
-        check_call(self.config, {"inputs": inputs, "input_mask": input_mask}, weight)
+        self_check(self, {"inputs": inputs, "input_mask": input_mask}, weight)
         out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
         return self.embedding_decoder(out, weight)
 
@@ -131,7 +129,7 @@ class ImageClassifier(nn.Module):
         return self.config.variant
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_call(self.config, {"images": images}, next(self.parameters()))
+        self_check(self, {"images": images}, next(self.parameters()))
         return self.perceiver(images)
 
 
@@ -157,7 +155,7 @@ class OpticalFlow(nn.Module):
         )
 
     def raw_flow(self, images: torch.Tensor) -> torch.Tensor:
-        check_call(self.config, {"images": images}, next(self.parameters()))
+        self_check(self, {"images": images}, next(self.parameters()))
         return self.perceiver(patches_for_flow(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -214,7 +212,7 @@ class VideoAutoencoder(nn.Module):
 
     def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         config = self.config
-        check_call(config, {"images": images, "audio": audio}, next(self.parameters()))
+        self_check(self, {"images": images, "audio": audio}, next(self.parameters()))
         label = torch.zeros(images.shape[0], config.num_classes, dtype=images.dtype, device=images.device)
         return {"audio": audio, "image": images, "label": label}
 
@@ -316,38 +314,21 @@ class CustomPerceiver(nn.Module):
         return self.perceiver(inputs, input_mask, query_mask, subsampled_points)
 
 
-@dataclass(frozen=True)
-class Task:
-    """A task: its model class, config type and released configuration (None for custom models)."""
-
-    name: str
-    model_type: type[nn.Module]
-    config_type: type[OfficialConfig]
-    released_config: OfficialConfig | None
-
-
-TASKS: dict[str, Task] = {
-    name: Task(name, model_type, *TASK_CONFIGS[name])
-    for name, model_type in (
-        ("language_mlm", LanguagePerceiver),
-        ("imagenet_learned", ImageClassifier),
-        ("imagenet_fourier", ImageClassifier),
-        ("imagenet_conv", ImageClassifier),
-        ("optical_flow", OpticalFlow),
-        ("multimodal_autoencoding", VideoAutoencoder),
-        ("perceiver", CustomPerceiver),
-    )
-}
-
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+def self_check(model: nn.Module, arrays: Mapping[str, torch.Tensor | None], like: torch.Tensor) -> None:
+    """Checks a task model's call against its task's input specs (`perceiver_io.inputs.check_call`)."""
+    check_call(get_task(model.task).inputs(model.config), arrays, like)
 
 
 def build_model(task: str, config: OfficialConfig | Mapping[str, Any] | None = None) -> nn.Module:
     """A freshly initialised model of `task` (the released configuration unless `config` is given)."""
-    config = parse_config(task, config)
-    return get_task(task).model_type(config)
+    spec = get_task(task)
+    return spec.model_class()(spec.parse_config(config))
+
+
+def task_of(model: nn.Module) -> str:
+    """The task a task model was built as (its `task`, kept from build to save to load)."""
+    task = getattr(model, "task", None)
+    spec = TASKS.get(task) if isinstance(task, str) else None
+    if spec is None or spec.model is None or type(model) is not spec.model_class():
+        raise ConfigError(f"{type(model).__name__} is not one of the task models {list(TASKS)}")
+    return task

@@ -43,8 +43,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ("language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv", "optical_flow",
-         "multimodal_autoencoding")
+sys.path.insert(0, str(ROOT))
+from perceiver_io.registry import RELEASES  # noqa: E402  (torch-free, so the parent process stays light)
+
+TASKS = tuple(RELEASES)
 IMPLEMENTATIONS = ("ours", "compiled", "transformers", "jax")
 OURS = ("ours", "compiled")  # the ratios are these over the others
 SETTLE_SECONDS = 1.0  # before each timed pass: the previous child's OpenMP/Eigen workers spin ~0.2 s after a pass
@@ -222,7 +224,6 @@ def _jax(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from converters.jax_reference import build
 
     baseline = _rss()
@@ -268,7 +269,6 @@ CHILDREN = {"ours": _ours, "compiled": _ours, "transformers": _transformers, "ja
 
 
 def _child(args) -> int:
-    sys.path.insert(0, str(ROOT))
     if args.threads:  # XLA sizes its pools by the cores it may use; torch by set_num_threads and OMP_NUM_THREADS
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     result = CHILDREN[args.child](args)

@@ -46,8 +46,8 @@ from converters.haiku_pickle import load_haiku_checkpoint  # noqa: E402
 from converters.parity import jax_available  # noqa: E402
 from converters.verify import DTYPES, compute_reference, load_reference, read_inputs, verify_model  # noqa: E402
 from perceiver_io.errors import ConfigError  # noqa: E402
+from perceiver_io.registry import TASKS  # noqa: E402
 from perceiver_io.serialization import load  # noqa: E402
-from perceiver_io.tasks import TASKS  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden"
 

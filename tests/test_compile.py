@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from perceiver_io.compiled import compile_for_inference
+from perceiver_io.registry import RELEASES
 from perceiver_io.serialization import load
 
 from .conftest import Golden
 
 TOLERANCE = 1e-5
-TASKS = ["language_mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv", "optical_flow",
-         "multimodal_autoencoding"]
+TASKS = list(RELEASES)
 
 
 def _call(golden: Golden) -> tuple[tuple, dict]:

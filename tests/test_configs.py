@@ -13,13 +13,12 @@ from perceiver_io.configs import (
     LANGUAGE_MLM,
     MAX_LAYERS,
     MAX_SIZE,
-    TASK_CONFIGS,
     FourierPositionEncodingConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
-    parse_config,
 )
 from perceiver_io.errors import ConfigError
+from perceiver_io.registry import TASKS, parse_config
 from perceiver_io.tasks import build_model
 
 from .conftest import DATA, GOLDEN, manifest
@@ -62,7 +61,7 @@ def test_impossible_configurations_are_config_errors(golden_language):
         build_model("language_mlm", {**golden_language.config, "encoder_config": encoder})
 
 
-RELEASED = [task for task, (_, released) in TASK_CONFIGS.items() if released is not None]
+RELEASED = [task for task, spec in TASKS.items() if spec.released_config is not None]
 CUSTOM = json.loads((DATA / "custom_reference_trees.json").read_text())["models"]
 BASES = {task: json.loads((GOLDEN / task / "reduced_config.json").read_text()) for task in RELEASED} | {
     name: model["config"] for name, model in CUSTOM.items()
@@ -86,12 +85,12 @@ def _replaced(config: dict, path: tuple, value) -> dict:
 def _where(task: str, path: tuple) -> str:
     """The key path as errors name it: official keys joined by dots, list positions in brackets."""
     keys = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path)
-    return TASK_CONFIGS[task][0].official_name + keys
+    return TASKS[task].config_type.official_name + keys
 
 
 @pytest.mark.parametrize("task", RELEASED)
 def test_released_and_golden_configs_parse_to_the_same_objects(task):
-    released = TASK_CONFIGS[task][1]
+    released = TASKS[task].released_config
     assert parse_config(task, manifest(task)["config"]) == released
     assert parse_config(task, released.to_official()) == released
     assert parse_config(task, released) is released

@@ -26,8 +26,8 @@ from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
 from perceiver_io import hub
 from perceiver_io.checkpoint_file import read_metadata
 from perceiver_io.errors import CheckpointFileError, ChecksumError, ConfigError, DownloadError
+from perceiver_io.registry import RELEASE_BASE_URL, TASKS, parse_config
 from perceiver_io.serialization import load
-from perceiver_io.tasks import TASKS
 
 from .conftest import GOLDEN, manifest
 
@@ -144,7 +144,8 @@ def cache(server, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(hub.CACHE_ENV, str(folder))
     monkeypatch.setenv(hub.BASE_URL_ENV, f"{server.url}/perceiver_io/")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # gdown keeps cookies under ~/.cache
-    monkeypatch.setitem(hub.RELEASES, "language_mlm", replace(LANGUAGE, config=REDUCED_CONFIG))
+    reduced = replace(TASKS["language_mlm"], released_config=parse_config("language_mlm", REDUCED_CONFIG))
+    monkeypatch.setitem(TASKS, "language_mlm", reduced)
     return folder
 
 
@@ -168,9 +169,9 @@ def test_registry_lists_the_six_releases_with_official_urls_and_manifest_sizes()
     assert set(hub.RELEASES) == {path.stem for path in (ROOT / "tests" / "data" / "manifests").glob("*.json")}
     for name, release in hub.RELEASES.items():
         official = manifest(name)
-        assert release.name == release.task == name
-        assert hub.RELEASE_BASE_URL + release.file_name == official["checkpoint"]
-        assert release.urls(hub.RELEASE_BASE_URL)[0] == official["checkpoint"]
+        assert TASKS[name].release is release and TASKS[name].released_config is not None
+        assert RELEASE_BASE_URL + release.file_name == official["checkpoint"]
+        assert release.urls(RELEASE_BASE_URL)[0] == official["checkpoint"]
         assert release.num_parameters == official["total_param_count"]
         assert release.approx_bytes == 4 * official["total_param_count"]
     assert round(hub.RELEASES["language_mlm"].approx_bytes / 1e9, 2) == 0.80  # NOTES §6
@@ -249,7 +250,7 @@ def test_corrupt_download_is_rejected_by_checksum_and_nothing_is_kept(known_from
     if known_from == "registry":
         monkeypatch.setitem(hub.RELEASES, "language_mlm",
                             replace(hub.RELEASES["language_mlm"], sha256=sha256(released_bytes)))
-        expected_listing, origin = [], "perceiver_io.hub.RELEASES"
+        expected_listing, origin = [], "perceiver_io.registry"
     else:
         hub.download("language_mlm", **FAST).unlink()
         expected_listing = [hub.CHECKSUMS_FILE]
@@ -427,7 +428,7 @@ def test_load_of_an_original_haiku_file_needs_its_task(golden_language, tmp_path
 
 
 def test_unported_release_is_refused_before_any_download(cache, server, monkeypatch):
-    monkeypatch.delitem(TASKS, "optical_flow", raising=False)
+    monkeypatch.setitem(TASKS, "optical_flow", replace(TASKS["optical_flow"], model=None))
     with pytest.raises(ConfigError, match=r"optical_flow model is not ported to PyTorch yet.*hub.download"):
         load("optical_flow")
     assert server.requests == []
@@ -441,11 +442,11 @@ def test_cli_downloads_converts_and_lists(cache, server, tmp_path, capsys, monke
 
     assert main(["--list"]) == 0
     listing = capsys.readouterr().out
-    assert re.search(r"language_mlm +language_perceiver_io_bytes\.pickle +0\.80 GB +yes +no +yes", listing)
+    assert re.search(r"language_mlm +language_perceiver_io_bytes\.pickle +0\.80 GB +yes +no +perceiver_io\.pipelines\.fill_mask", listing)
     assert re.search(r"optical_flow +optical_flow_checkpoint\.pystate +0\.16 GB +no +no", listing)
     assert f"cache: {cache}" in listing
 
-    monkeypatch.delitem(TASKS, "optical_flow", raising=False)
+    monkeypatch.setitem(TASKS, "optical_flow", replace(TASKS["optical_flow"], model=None))
     assert main(["--download", "--task", "optical_flow", "-o", str(tmp_path / "flow.safetensors")]) == 2
     assert "optical_flow model is not ported to PyTorch yet" in capsys.readouterr().err
     del server.files[FILE_PATH]

@@ -15,7 +15,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from converters.jax_reference import build  # noqa: E402
-from perceiver_io.hub import RELEASES  # noqa: E402
+from perceiver_io.registry import RELEASES  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TASKS = list(RELEASES)

@@ -37,8 +37,9 @@ from converters.verify import (
 from perceiver_io import hub
 from perceiver_io.attention import MLP
 from perceiver_io.errors import ConfigError
-from perceiver_io.serialization import load, save, task_of
-from perceiver_io.tasks import TASKS, build_model, parse_config
+from perceiver_io.registry import TASKS, parse_config
+from perceiver_io.serialization import load, save
+from perceiver_io.tasks import build_model, task_of
 
 from .conftest import GOLDEN, Golden, manifest
 

@@ -37,9 +37,9 @@ from perceiver_io.configs import (
     PerceiverConfig,
     ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
-    parse_config,
 )
 from perceiver_io.errors import ConfigError
+from perceiver_io.registry import parse_config
 
 from .attention import encode, latents
 from .decoders import (

@@ -2,8 +2,9 @@
 
 Each function below describes one official module: the leaves Haiku stores under its path and the
 PyTorch parameters they fill, with the layout change between them. Composite modules are built from
-their parts, so `task_rules(task, config)` lists every leaf of a whole checkpoint. The same rules run
-in both directions (Haiku -> PyTorch in `convert`, PyTorch -> Haiku in `export`).
+their parts, up to one function per task (named by its `perceiver_io.registry.TaskSpec`) that lists
+every leaf of a whole checkpoint. The same rules run in both directions (Haiku -> PyTorch in
+`converters.convert`, PyTorch -> Haiku in `converters.export`). Torch-free.
 
 Haiku naming (NOTES §7): a child made in the parent's `__init__` is `parent/~/child`, one made in
 `__call__` is `parent/child`; repeated names get `_1`, `_2`, ... in creation order.
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
-from perceiver_io.configs import (
+from .configs import (
     AudioPreprocessorConfig,
     ClassificationDecoderConfig,
     DecoderConfig,
@@ -28,12 +28,9 @@ from perceiver_io.configs import (
     ImagePreprocessorConfig,
     LanguageConfig,
     MultimodalConfig,
-    OfficialConfig,
     PerceiverConfig,
     ProjectionDecoderConfig,
 )
-from perceiver_io.errors import MappingError
-
 from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, CONV_TRANSPOSE_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
 
 
@@ -309,27 +306,4 @@ def custom_perceiver(config: PerceiverConfig) -> list[Rule]:
         rules += image_postprocessor(postprocessor, "image_postprocessor", "perceiver.output_postprocessor")
     elif postprocessor is not None and not isinstance(postprocessor, IdentityPostprocessorConfig):
         rules += linear(f"{postprocessor.official_name}/linear", "perceiver.output_postprocessor.linear")
-    return rules
-
-
-TASK_RULES: dict[str, Callable[[OfficialConfig], list[Rule]]] = {
-    "language_mlm": language_mlm,
-    "imagenet_learned": imagenet,
-    "imagenet_fourier": imagenet,
-    "imagenet_conv": imagenet,
-    "optical_flow": optical_flow,
-    "multimodal_autoencoding": multimodal_autoencoding,
-    "perceiver": custom_perceiver,
-}
-
-
-def task_rules(task: str, config: OfficialConfig) -> list[Rule]:
-    """Every leaf of a `task` checkpoint with `config`, as rules; the rules' targets are distinct."""
-    if task not in TASK_RULES:
-        raise MappingError(f"no conversion rules for task {task!r}; known: {sorted(TASK_RULES)}")
-    rules = TASK_RULES[task](config)
-    targets = [rule.torch_key for rule in rules]
-    sources = [(rule.collection, rule.haiku_key) for rule in rules]
-    if len(set(targets)) != len(targets) or len(set(sources)) != len(sources):
-        raise MappingError(f"the {task} rules name a leaf or a target twice")
     return rules
