@@ -41,7 +41,7 @@ import numpy as np
 from perceiver_io import hub
 from perceiver_io.atomic import check_output
 from perceiver_io.errors import ConfigError, PerceiverIOError
-from perceiver_io.registry import TASKS, parse_config, ported
+from perceiver_io.registry import TASKS, get_task, parse_config, ported
 
 from .convert import ConversionReport, convert_checkpoint
 
@@ -291,8 +291,7 @@ def _verify(argv: list[str]) -> int:
         origin = f"{args.converted} (converted file)"
     if not task:
         raise ConfigError(f"--task is required for a checkpoint file; one of {', '.join(hub.RELEASES)}")
-    if task not in ported():
-        raise ConfigError(f"the {task} model is not ported to PyTorch yet; ported: {', '.join(ported())}")
+    get_task(task).model_class()  # ConfigError for an unknown task or one without a PyTorch model yet
     if not args.reference:
         inputs = (read_inputs(args.inputs, task, config, default_chunk=not args.jax_outputs) if args.inputs
                   else synthetic_inputs(task, config))

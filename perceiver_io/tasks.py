@@ -99,7 +99,7 @@ class LanguagePerceiver(nn.Module):
 
     def forward(self, inputs: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.perceiver.input_preprocessor.token_embedding.weight
-        self_check(self, {"inputs": inputs, "input_mask": input_mask}, weight)
+        check_model_call(self, {"inputs": inputs, "input_mask": input_mask}, weight)
         out = self.perceiver(inputs, input_mask=input_mask, query_mask=input_mask)
         return self.embedding_decoder(out, weight)
 
@@ -129,7 +129,7 @@ class ImageClassifier(nn.Module):
         return self.config.variant
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self_check(self, {"images": images}, next(self.parameters()))
+        check_model_call(self, {"images": images}, next(self.parameters()))
         return self.perceiver(images)
 
 
@@ -155,7 +155,7 @@ class OpticalFlow(nn.Module):
         )
 
     def raw_flow(self, images: torch.Tensor) -> torch.Tensor:
-        self_check(self, {"images": images}, next(self.parameters()))
+        check_model_call(self, {"images": images}, next(self.parameters()))
         return self.perceiver(patches_for_flow(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -212,7 +212,7 @@ class VideoAutoencoder(nn.Module):
 
     def _inputs(self, images: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         config = self.config
-        self_check(self, {"images": images, "audio": audio}, next(self.parameters()))
+        check_model_call(self, {"images": images, "audio": audio}, next(self.parameters()))
         label = torch.zeros(images.shape[0], config.num_classes, dtype=images.dtype, device=images.device)
         return {"audio": audio, "image": images, "label": label}
 
@@ -314,7 +314,7 @@ class CustomPerceiver(nn.Module):
         return self.perceiver(inputs, input_mask, query_mask, subsampled_points)
 
 
-def self_check(model: nn.Module, arrays: Mapping[str, torch.Tensor | None], like: torch.Tensor) -> None:
+def check_model_call(model: nn.Module, arrays: Mapping[str, torch.Tensor | None], like: torch.Tensor) -> None:
     """Checks a task model's call against its task's input specs (`perceiver_io.inputs.check_call`)."""
     check_call(get_task(model.task).inputs(model.config), arrays, like)
 
