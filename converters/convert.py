@@ -29,13 +29,12 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-import perceiver_io
+from perceiver_io import mapping
 from perceiver_io.atomic import atomic_output, check_output
 from perceiver_io.cache import get_cache_dir
 from perceiver_io.checkpoint_file import LateValue, PlannedTensor, c_contiguous, checkpoint_metadata, write_checkpoint
 from perceiver_io.configs import OfficialConfig
 from perceiver_io.errors import ConversionError, MappingError
-from perceiver_io.mapping import Rule
 from perceiver_io.registry import get_task, parse_config
 
 from .haiku_pickle import HaikuCheckpoint, load_haiku_checkpoint
@@ -85,7 +84,7 @@ def shape_cache_path(task: str, config: OfficialConfig) -> Path:
     """Where the state_dict shapes and kinds of `task` with `config` are cached for this source of
     `perceiver_io` and this version of torch."""
     key = hashlib.sha256(f"{task}\n{config.to_json()}\ntorch {importlib.metadata.version('torch')}\n".encode())
-    for source in sorted(Path(perceiver_io.__file__).parent.glob("*.py")):
+    for source in sorted(Path(mapping.__file__).parent.glob("*.py")):  # every module of perceiver_io
         key.update(source.name.encode() + b"\n" + source.read_bytes())
     return get_cache_dir() / "shapes" / f"{task}-{key.hexdigest()[:32]}.json"
 
@@ -101,7 +100,7 @@ def _meta_model_tensors(task: str, config: OfficialConfig) -> dict[str, TorchTar
             for key, value in model.state_dict().items()}
 
 
-def _leaf(checkpoint: HaikuCheckpoint, rule: Rule) -> np.ndarray | None:
+def _leaf(checkpoint: HaikuCheckpoint, rule: mapping.Rule) -> np.ndarray | None:
     tree = checkpoint.params if rule.collection == "params" else checkpoint.state
     return tree.get(rule.module, {}).get(rule.name)
 

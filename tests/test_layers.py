@@ -1,0 +1,155 @@
+"""The package's layers: every module of `perceiver_io` and `converters` sits in one layer, imports only
+from its own layer or below (imports inside functions count), and the import graph has no cycle. The
+torch-free and jax-free modules stay so."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LAYERS: dict[str, tuple[str, ...]] = {
+    "foundation": ("perceiver_io.errors", "perceiver_io.atomic", "perceiver_io.cache", "perceiver_io.layout",
+                   "converters.stages"),
+    "specifications": ("perceiver_io.configs", "perceiver_io.mapping", "perceiver_io.task_inputs",
+                       "perceiver_io.registry", "perceiver_io.tokenizer"),
+    "modules": ("perceiver_io.attention", "perceiver_io.conv", "perceiver_io.position_encoding", "perceiver_io.encoder",
+                "perceiver_io.decoders", "perceiver_io.preprocessors", "perceiver_io.postprocessors",
+                "perceiver_io.perceiver", "perceiver_io.inputs"),
+    "task models": ("perceiver_io.tasks", "perceiver_io.compiled"),
+    "conversion": ("perceiver_io.checkpoint_file", "converters.haiku_pickle", "converters.convert", "converters.export",
+                   "converters.synthetic", "converters.jax_reference", "converters.parity", "converters.comparison",
+                   "converters.verify"),
+    "user-facing": ("perceiver_io.serialization", "perceiver_io.hub", "perceiver_io.images", "perceiver_io.pipelines",
+                    "perceiver_io.flow", "converters.cli", "perceiver_io", "converters"),
+}
+"""Bottom to top. A package listed (`converters.jax_reference`) holds its submodules too."""
+
+TORCH_FREE = ("perceiver_io.registry", "perceiver_io.checkpoint_file", "perceiver_io.tokenizer", "perceiver_io.hub",
+              "converters.convert", "converters.haiku_pickle", "converters.synthetic")
+"""Importing these (and the foundation and specification layers) loads neither torch nor jax: conversion
+needs numpy only."""
+
+
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the two packages by dotted name (a package by its own name)."""
+    modules = {}
+    for package in ("perceiver_io", "converters"):
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the project's modules it imports, anywhere in its source (`from . import x` names x, not
+    the package)."""
+    files = module_files(root)
+    graph = {}
+    for name, path in files.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                submodules = {f"{module}.{alias.name}" for alias in node.names} & set(files)
+                imported.update(submodules or {module})
+        graph[name] = {module for module in imported if module in files and module != name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    for index, members in enumerate(LAYERS.values()):
+        if any(module == member or module.startswith(f"{member}.") for member in members):
+            return index
+    raise KeyError(module)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    names = list(LAYERS)
+    return sorted(f"{module} ({names[layer_of(module)]}) imports {target} ({names[layer_of(target)]})"
+                  for module, targets in graph.items() for target in targets if layer_of(target) > layer_of(module))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each module that lies on one (depth-first search)."""
+    found, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return found
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for module in module_files():
+        try:
+            layer_of(module)
+        except KeyError:
+            unplaced.append(module)
+    assert not unplaced, f"place these modules in a layer of tests/test_layers.py LAYERS: {unplaced}"
+
+
+def test_no_layer_imports_a_higher_one():
+    violations = upward_imports(import_graph())
+    assert not violations, "\n".join(violations)
+
+
+def test_the_import_graph_has_no_cycle():
+    found = cycles(import_graph())
+    assert not found, "\n".join(" -> ".join(cycle) for cycle in found)
+
+
+def test_the_port_imports_no_jax():
+    for name, path in module_files().items():
+        if name.startswith("perceiver_io"):
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+            imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                        for alias in node.names}
+            imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                         if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+            assert not imported & {"jax", "jaxlib", "haiku"}, f"{name} imports {imported & {'jax', 'haiku'}}"
+
+
+def test_the_checks_see_a_violation(tmp_path):
+    """The checks above fail on a tree where a lower layer imports a higher one, through a cycle hidden
+    inside a function."""
+    for package in ("perceiver_io", "converters"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "perceiver_io" / "configs.py").write_text("def f():\n    from converters.convert import g\n")
+    (tmp_path / "converters" / "convert.py").write_text("from perceiver_io import configs\n")
+    graph = import_graph(tmp_path)
+    assert upward_imports(graph) == [
+        "perceiver_io.configs (specifications) imports converters.convert (conversion)"]
+    assert cycles(graph) == [["converters.convert", "perceiver_io.configs", "converters.convert"]]
+
+
+@pytest.mark.parametrize("layer", ["foundation", "specifications", "torch-free"])
+def test_torch_free_modules_load_neither_torch_nor_jax(layer):
+    modules = TORCH_FREE if layer == "torch-free" else LAYERS[layer]
+    code = (f"import sys\nfor name in {list(modules)!r}:\n    __import__(name)\n"
+            "print(sorted(m for m in ('torch', 'jax', 'haiku') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", f"{layer}: importing {modules} loads {result.stdout.strip()}"
