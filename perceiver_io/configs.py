@@ -2,8 +2,10 @@
 
 Each field carries the official key it is stored under (the field name unless stated). Reading a
 dict rejects unknown keys and names missing required ones; absent optional keys take the official
-code's default for that argument. Every value is checked against its field's type and range
-whenever a config is made, read or built in Python (`_read`), so before any model is built.
+code's default for that argument. Every value is checked against its field's type and numbers
+whenever a config is made, read or built in Python (`_read`), so before any model is built: a field
+declared with `bounded` takes the range it names, any other integer a size (`SIZE`) and any other float
+a finite number.
 `to_official()` writes every key, so a saved config is explicit.
 """
 
@@ -23,7 +25,7 @@ from .errors import ConfigError
 T = TypeVar("T", bound="OfficialConfig")
 
 
-class _Range(NamedTuple):
+class Range(NamedTuple):
     """The numbers a field takes: `low` to `high`, each end included where its bracket is square, or `also`."""
 
     low: float
@@ -49,25 +51,24 @@ MAX_LAYERS = 1024
 """The most self-attention layers per block, blocks, or extra position MLP layers (the releases use <= 26):
 each layer is a module of its own, so a size-like count would fill the memory while the model is built."""
 
-_SIZE = _Range(1, MAX_SIZE)
-_DEFAULT_RANGES = {int: _SIZE, float: _Range(-math.inf, math.inf, "()")}
+SIZE = Range(1, MAX_SIZE)
+"""Every integer field takes a size unless its own `numbers` say otherwise."""
+ANY_NUMBER = Range(-math.inf, math.inf, "()")
+"""Every float field takes any finite number unless its own `numbers` say otherwise."""
+LAYER_COUNT = Range(1, MAX_LAYERS)
+PROBABILITY = Range(0, 1)
+DROPOUT_RATE = Range(0, 1, "[)")
+NON_NEGATIVE = Range(0, math.inf, "[)")
+POSITIVE = Range(0, math.inf, "()")
+NO_PROJECTION = Range(-1, MAX_SIZE)
+"""`project_pos_dim`: officially no projection unless > 0 (-1 is the default)."""
+_DEFAULT_NUMBERS = {int: SIZE, float: ANY_NUMBER}
 
-_RANGES: dict[str, _Range] = {
-    "num_self_attends_per_block": _Range(1, MAX_LAYERS),
-    "num_blocks": _Range(1, MAX_LAYERS),
-    "n_extra_pos_mlp": _Range(0, MAX_LAYERS),
-    "preproc_min_padding_size": _Range(0, MAX_SIZE),
-    "project_pos_dim": _Range(-1, MAX_SIZE),  # officially, no projection unless > 0
-    "n_outputs": _Range(1, MAX_SIZE, also=-1),  # -1: not given (only conv and conv1x1 postprocessing need it)
-    "dropout_prob": _Range(0, 1, "[)"),
-    "mask_probs": _Range(0, 1),
-    "init_scale": _Range(0, math.inf, "[)"),
-    "z_pos_enc_init_scale": _Range(0, math.inf, "[)"),
-    "rescale_factor": _Range(0, math.inf, "()"),
-    "flow_scale_factor": _Range(0, math.inf, "()"),
-}
-"""Fields, by name, whose numbers are not in their type's default range (`_DEFAULT_RANGES`: every other
-integer is a size, every other float any finite number)."""
+
+def bounded(default: Any, within: Range, key: str | None = None) -> Any:
+    """A dataclass field whose numbers (its own, or its items') lie `within` a range, not their type's
+    default (`SIZE` for integers, `ANY_NUMBER` for floats); stored under the official `key` if given."""
+    return field(default=default, metadata={"numbers": within, **({"key": key} if key else {})})
 
 
 def _key(f: dataclasses.Field) -> str:
@@ -101,7 +102,7 @@ def _has_form(value: Any, hint: Any) -> bool:
     return isinstance(value, origin)
 
 
-def _describe(hint: Any, numbers: _Range | None) -> str:
+def _describe(hint: Any, numbers: Range | None) -> str:
     """What a field of type `hint` takes, in words."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -114,13 +115,13 @@ def _describe(hint: Any, numbers: _Range | None) -> str:
     if origin is dict:
         return f"a mapping of names to ({_describe(args[1], numbers)})"
     if hint in (int, float):
-        return f"{'an integer' if hint is int else 'a number'} in {numbers or _DEFAULT_RANGES[hint]}"
+        return f"{'an integer' if hint is int else 'a number'} in {numbers or _DEFAULT_NUMBERS[hint]}"
     if issubclass(hint, OfficialConfig):
         return "a mapping of official config keys"
     return {bool: "true or false", str: "a string", type(None): "null"}[hint]
 
 
-def _read(value: Any, hint: Any, where: str, numbers: _Range | None) -> Any:
+def _read(value: Any, hint: Any, where: str, numbers: Range | None) -> Any:
     """`value` as a field of type `hint` holds it (lists as tuples, mappings as configs), its numbers in
     `numbers` (or their type's default range); otherwise a ConfigError naming `where`, what it takes and the value."""
     form = next((alternative for alternative in _alternatives(hint) if _has_form(value, alternative)), None)
@@ -131,7 +132,7 @@ def _read(value: Any, hint: Any, where: str, numbers: _Range | None) -> Any:
         return {_read(k, args[0], where, None): _read(v, args[1], f"{where}.{k}", numbers) for k, v in value.items()}
     if isinstance(form, type) and issubclass(form, OfficialConfig):
         return value if isinstance(value, form) else form.from_official(value, where)
-    if form is None or origin is tuple or (form in (int, float) and value not in (numbers or _DEFAULT_RANGES[form])):
+    if form is None or origin is tuple or (form in (int, float) and value not in (numbers or _DEFAULT_NUMBERS[form])):
         raise ConfigError(f"{where}: expected {_describe(hint, numbers)}, found {value!r}")
     return value
 
@@ -156,7 +157,7 @@ class OfficialConfig:
         for f in dataclasses.fields(self):
             value, where, tagged = getattr(self, f.name), f"{self.official_name}.{_key(f)}", f.metadata.get("tagged")
             if tagged is None:
-                object.__setattr__(self, f.name, _read(value, hints[f.name], where, _RANGES.get(f.name)))
+                object.__setattr__(self, f.name, _read(value, hints[f.name], where, f.metadata.get("numbers")))
             elif value is not None and type(value) not in tagged.values():
                 raise ConfigError(f"{where}: expected one of the configs {sorted(k.__name__ for k in tagged.values())}, "
                                   f"found {value!r}")
@@ -184,7 +185,7 @@ class OfficialConfig:
             if tagged is not None and value is not None:
                 kwargs[f.name] = _from_tagged(tagged, value, f"{where}.{key}")
             else:
-                kwargs[f.name] = _read(value, _field_types(cls)[f.name], f"{where}.{key}", _RANGES.get(f.name))
+                kwargs[f.name] = _read(value, _field_types(cls)[f.name], f"{where}.{key}", f.metadata.get("numbers"))
         return cls(**kwargs)
 
     def to_official(self) -> dict[str, Any]:
@@ -212,7 +213,7 @@ class TrainablePositionEncodingConfig(OfficialConfig):
 
     official_name: ClassVar[str] = "trainable_position_encoding_kwargs"
     num_channels: int = 128
-    init_scale: float = 0.02
+    init_scale: float = bounded(0.02, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -227,38 +228,39 @@ class FourierPositionEncodingConfig(OfficialConfig):
 
 
 @dataclass(frozen=True)
-class ImagePreprocessorConfig(OfficialConfig):
+class PositionedInputsConfig(OfficialConfig):
+    """The arguments the official image and audio preprocessors share: how their `_build_network_inputs`
+    encodes positions and joins them to the inputs."""
+
+    position_encoding_type: Literal["trainable", "fourier"] = "fourier"
+    n_extra_pos_mlp: int = bounded(0, Range(0, MAX_LAYERS))
+    concat_or_add_pos: Literal["concat", "add"] = "concat"
+    project_pos_dim: int = bounded(-1, NO_PROJECTION)
+    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
+    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
+
+
+@dataclass(frozen=True)
+class ImagePreprocessorConfig(PositionedInputsConfig):
     """Arguments of the official `ImagePreprocessor`."""
 
     official_name: ClassVar[str] = "input_preprocessor"
     prep_type: Literal["conv", "conv1x1", "patches", "pixels"] = "conv"
     spatial_downsample: int = 4
     temporal_downsample: int = 1
-    position_encoding_type: Literal["trainable", "fourier"] = "fourier"
-    n_extra_pos_mlp: int = 0
     num_channels: int = 64
     conv_after_patching: bool = False
     conv2d_use_batchnorm: bool = True
-    concat_or_add_pos: Literal["concat", "add"] = "concat"
-    project_pos_dim: int = -1
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
-    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str = "image_preprocessor"
 
 
 @dataclass(frozen=True)
-class AudioPreprocessorConfig(OfficialConfig):
+class AudioPreprocessorConfig(PositionedInputsConfig):
     """Arguments of the official `AudioPreprocessor`."""
 
     official_name: ClassVar[str] = "audio_preprocessor"
     prep_type: Literal["patches"] = "patches"
     samples_per_patch: int = 96
-    position_encoding_type: Literal["trainable", "fourier"] = "fourier"
-    n_extra_pos_mlp: int = 0
-    concat_or_add_pos: Literal["concat", "add"] = "concat"
-    project_pos_dim: int = -1
-    trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
-    fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str = "audio_preprocessor"
 
 
@@ -270,7 +272,7 @@ class ImagePostprocessorConfig(OfficialConfig):
     postproc_type: Literal["pixels", "conv1x1", "conv", "patches"] = "pixels"
     spatial_upsample: int = 1
     temporal_upsample: int = 1
-    n_outputs: int = -1
+    n_outputs: int = bounded(-1, Range(1, MAX_SIZE, also=-1))  # -1: not given (only conv and conv1x1 need it)
     input_reshape_size: tuple[int, ...] | None = None
 
 
@@ -279,8 +281,8 @@ class EncoderConfig(OfficialConfig):
     """Arguments of the official `PerceiverEncoder` (its `name` is the checkpoint's module prefix)."""
 
     official_name: ClassVar[str] = "encoder_config"
-    num_self_attends_per_block: int = 6
-    num_blocks: int = 8
+    num_self_attends_per_block: int = bounded(6, LAYER_COUNT)
+    num_blocks: int = bounded(8, LAYER_COUNT)
     z_index_dim: int = 512
     num_z_channels: int = 1024
     qk_channels: int | None = None
@@ -289,8 +291,8 @@ class EncoderConfig(OfficialConfig):
     num_self_attend_heads: int = 8
     cross_attend_widening_factor: int = 1
     self_attend_widening_factor: int = 1
-    dropout_prob: float = 0.0
-    z_pos_enc_init_scale: float = 0.02
+    dropout_prob: float = bounded(0.0, DROPOUT_RATE)
+    z_pos_enc_init_scale: float = bounded(0.02, NON_NEGATIVE)
     cross_attention_shape_for_attn: Literal["kv", "q"] = "kv"
     use_query_residual: bool = True
     name: str = "perceiver_encoder"
@@ -313,7 +315,7 @@ class DecoderConfig(OfficialConfig):
     concat_preprocessed_input: bool = False
     num_heads: int = 1
     final_project: bool = True
-    project_pos_dim: int = -1
+    project_pos_dim: int = bounded(-1, NO_PROJECTION)
     trainable_position_encoding_kwargs: TrainablePositionEncodingConfig | None = None
     fourier_position_encoding_kwargs: FourierPositionEncodingConfig | None = None
     name: str | None = None
@@ -478,7 +480,7 @@ class FlowDecoderConfig(DecoderConfig):
 
     official_name: ClassVar[str] = "decoder"
     output_num_channels: int | None = 2
-    rescale_factor: float = 100.0
+    rescale_factor: float = bounded(100.0, POSITIVE)
     output_image_shape: tuple[int, int] | None = None
 
 
@@ -490,7 +492,7 @@ class FlowConfig(OfficialConfig):
     input_preprocessor: ImagePreprocessorConfig
     encoder: EncoderConfig
     decoder: FlowDecoderConfig
-    flow_scale_factor: float = field(default=20, metadata={"key": "FLOW_SCALE_FACTOR"})
+    flow_scale_factor: float = bounded(20, POSITIVE, key="FLOW_SCALE_FACTOR")
     train_size: tuple[int, int] = field(default=(368, 496), metadata={"key": "TRAIN_SIZE"})
 
 
@@ -553,11 +555,11 @@ class MultimodalConfig(OfficialConfig):
     img_sz: int = field(default=56, metadata={"key": "IMG_SZ"})
     image_hw: int = field(default=224, metadata={"key": "IMAGE_HW"})
     nchunks: int = field(default=128, metadata={"key": "NCHUNKS"})
-    preproc_min_padding_size: int = 4
+    preproc_min_padding_size: int = bounded(4, Range(0, MAX_SIZE))
     audio_num_bands: int = 192
     image_num_bands: int = 32
     image_spatial_downsample: int = 4
-    mask_probs: dict[str, float] | None = None
+    mask_probs: dict[str, float] | None = bounded(None, PROBABILITY)
     decoder_num_z_channels: int = 1024
     modality_output_num_channels: int = 512
     decoder_output_num_channels: int = 512

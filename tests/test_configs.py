@@ -13,9 +13,11 @@ from perceiver_io.configs import (
     LANGUAGE_MLM,
     MAX_LAYERS,
     MAX_SIZE,
+    EncoderConfig,
     FourierPositionEncodingConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
+    OfficialConfig,
 )
 from perceiver_io.errors import ConfigError
 from perceiver_io.registry import TASKS, parse_config
@@ -183,6 +185,16 @@ def test_config_objects_built_in_python_are_checked_when_made():
     assert str(error.value).startswith("input_preprocessor.prep_type: expected one of 'conv',")
     made = ImagePreprocessorConfig(prep_type="patches", fourier_position_encoding_kwargs={"num_bands": 4})
     assert made.fourier_position_encoding_kwargs == FourierPositionEncodingConfig(num_bands=4)
+
+
+def test_a_range_is_the_fields_own_not_its_names():
+    @dataclasses.dataclass(frozen=True)
+    class OtherConfig(OfficialConfig):
+        num_blocks: int = 1
+
+    assert OtherConfig(num_blocks=MAX_LAYERS + 1).num_blocks == MAX_LAYERS + 1  # a size, as any undeclared integer
+    with pytest.raises(ConfigError, match=r"encoder_config.num_blocks: expected an integer in \[1, 1024\]"):
+        EncoderConfig(num_blocks=MAX_LAYERS + 1)
 
 
 def _leaves(value, path=()):
