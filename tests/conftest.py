@@ -26,16 +26,27 @@ class Golden:
         self.outputs = dict(np.load(self.folder / "outputs.npz"))
         self.intermediates = dict(np.load(self.folder / "intermediates.npz"))
 
-    def convert(self, folder: Path):
-        """Converts the golden checkpoint into `folder`: the `ConversionReport` (its `output` is the file)."""
-        from converters.convert import convert_checkpoint
-
-        return convert_checkpoint(self.checkpoint, folder / f"{self.task}.safetensors", self.task, self.config)
-
 
 @pytest.fixture(scope="session")
 def golden_language() -> Golden:
     return Golden("language_mlm")
+
+
+@pytest.fixture(scope="session")
+def converted_golden(tmp_path_factory):
+    """`converted_golden(task)`: the `ConversionReport` of the task's golden checkpoint, converted once per
+    session (its `output` is the file; tests only read it)."""
+    from converters.convert import convert_checkpoint
+
+    reports = {}
+
+    def converted(task: str):
+        if task not in reports:
+            golden, folder = Golden(task), tmp_path_factory.mktemp(f"converted-{task}")
+            reports[task] = convert_checkpoint(golden.checkpoint, folder / f"{task}.safetensors", task, golden.config)
+        return reports[task]
+
+    return converted
 
 
 def manifest(task: str) -> dict:

@@ -33,9 +33,9 @@ def _call(golden: Golden) -> tuple[tuple, dict]:
 
 @pytest.mark.parametrize("compiler", ["torch.compile", "compile_for_inference"])
 @pytest.mark.parametrize("task", TASKS)
-def test_compiled_model_matches_eager_and_compiles_once(task, compiler):
+def test_compiled_model_matches_eager_and_compiles_once(task, compiler, converted_golden):
     golden = Golden(task)
-    model = load(golden.checkpoint, task=task, config=golden.config)
+    model = load(converted_golden(task).output)
     args, kwargs = _call(golden)
     torch._dynamo.reset()
     compiled_model = torch.compile(model) if compiler == "torch.compile" else compile_for_inference(model)
@@ -56,9 +56,9 @@ def test_compiled_model_matches_eager_and_compiles_once(task, compiler):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_each_task_model_is_one_graph(task):
+def test_each_task_model_is_one_graph(task, converted_golden):
     golden = Golden(task)
-    model = load(golden.checkpoint, task=task, config=golden.config)
+    model = load(converted_golden(task).output)
     args, kwargs = _call(golden)
     torch._dynamo.reset()
     with torch.inference_mode():

@@ -19,8 +19,8 @@ def golden_flow():
 
 
 @pytest.fixture(scope="module")
-def model(golden_flow, tmp_path_factory):
-    return load(golden_flow.convert(tmp_path_factory.mktemp("flow")).output)
+def model(converted_golden):
+    return load(converted_golden("optical_flow").output)
 
 
 def test_patches_for_flow_is_the_official_layout(golden_flow):

@@ -37,8 +37,8 @@ def test_crop_and_normalisation_follow_the_official_evaluation():
     np.testing.assert_allclose(out * IMAGENET_STDDEV_RGB + IMAGENET_MEAN_RGB, expected, atol=1e-3)
 
 
-def test_classify_an_image_file(tmp_path):
-    model = load(Golden("imagenet_fourier").convert(tmp_path).output)
+def test_classify_an_image_file(tmp_path, converted_golden):
+    model = load(converted_golden("imagenet_fourier").output)
     path = tmp_path / "picture.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3)).astype(np.uint8)).save(path)
 
@@ -65,9 +65,9 @@ def test_sixteen_bit_and_thin_images_keep_their_values(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["imagenet_fourier", "imagenet_conv", "imagenet_learned"])
-def test_half_precision_models_run(task, tmp_path):
+def test_half_precision_models_run(task, converted_golden):
     golden = Golden(task)
-    converted = golden.convert(tmp_path).output
+    converted = converted_golden(task).output
     full = load(converted)
     half = load(converted, dtype=torch.bfloat16)
     images = torch.from_numpy(golden.inputs["images"])

@@ -24,8 +24,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def model(golden, tmp_path_factory):
-    report = golden.convert(tmp_path_factory.mktemp("video"))
+def model(converted_golden):
+    report = converted_golden("multimodal_autoencoding")
     assert report.num_parameters == 82_587
     return load(report.output)
 
