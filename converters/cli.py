@@ -50,7 +50,6 @@ TASK_CHOICES = list(TASKS)
 EXAMPLE_TASK = "language_mlm"
 EXAMPLE_CHECKPOINT = "language_perceiver_io_bytes.pickle"
 EXAMPLE_OUTPUT = Path("pytorch_checkpoints/language_mlm_example.safetensors")
-EXAMPLE_TOLERANCE = 1e-4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,8 +111,8 @@ def _run_example(output: Path, force: bool) -> int:
     from perceiver_io.serialization import load
 
     from .haiku_pickle import load_haiku_checkpoint
-    from .parity import compare, jax_available, run_jax_reference, run_torch
-    from .verify import is_compared_stage, stage_sort_key
+    from .parity import jax_available
+    from .verify import compute_reference, stored_reference, verify_model
 
     example = resources.files("converters") / "examples" / EXAMPLE_TASK
     with resources.as_file(example) as folder:
@@ -122,31 +121,21 @@ def _run_example(output: Path, force: bool) -> int:
         report = convert_checkpoint(source, output, EXAMPLE_TASK, config, overwrite=force)
         _print_report(report)
         inputs = dict(np.load(folder / "inputs.npz"))
-        official = dict(np.load(folder / "outputs.npz"))
+        official = {**np.load(folder / "intermediates.npz"), **np.load(folder / "outputs.npz")}
         checkpoint = load_haiku_checkpoint(source)
 
-    model = load(output)
-    ours = run_torch(model, inputs)
-    ours = {name: ours[name] for name in sorted(filter(is_compared_stage, ours), key=stage_sort_key)}
-    rows = [("official JAX outputs (stored)", compare({"out": ours["out"]}, official))]
+    references = [stored_reference(EXAMPLE_TASK, config, inputs, official,
+                                   "the official JAX outputs and intermediates (stored with the example)")]
     if jax_available():
-        reference = run_jax_reference(checkpoint, EXAMPLE_TASK, config, inputs)
-        rows.append(("JAX reference (run now)", compare(ours, reference)))
+        references.append(compute_reference(checkpoint, EXAMPLE_TASK, config, inputs))
     else:
         print("jax not installed: comparing with the stored official outputs only "
               "(pip install '.[jax]' to run the JAX reference too)")
-    print(f"\nparity of {output} (PyTorch) on the example batch {inputs['inputs'].shape}:")
-    print(f"  {'against':32s} {'stage':26s} {'max abs error':>14s} {'scale':>8s}")
-    worst = 0.0
-    for against, errors in rows:
-        for error in errors:
-            print(f"  {against:32s} {error.stage:26s} {error.max_abs_error:14.3e} {error.scale:8.3f}")
-            worst = max(worst, error.max_abs_error)
-    nan = any(not np.isfinite(value).all() for value in ours.values())
-    passed = worst <= EXAMPLE_TOLERANCE and not nan
-    print(f"\n{'PASS' if passed else 'FAIL'}: worst max abs error {worst:.3e} "
-          f"(tolerance {EXAMPLE_TOLERANCE:g}){', NaN found' if nan else ''}")
-    return 0 if passed else 1
+    model = load(output)
+    reports = [verify_model(model, reference, model_origin=f"{output} (converted now)") for reference in references]
+    for parity in reports:
+        print(f"\n{parity.table()}")
+    return 0 if all(parity.passed for parity in reports) else 1
 
 
 def _list_releases() -> int:

@@ -1,8 +1,8 @@
-"""Parity of a converted PyTorch model with the JAX side: the official outputs stored with an example
-and, when jax is installed, the project's JAX reference (`converters.jax_reference`) run on the same inputs.
+"""The same inputs through the PyTorch model and the project's JAX reference (`converters.jax_reference`),
+each recording its stages under the same names (compared by `converters.comparison`).
 
-Stages are compared as well as the final output, so an error is located: each stage is the output of a
-PyTorch submodule, captured with a forward hook, against the reference's intermediate of the same name.
+On the PyTorch side each stage is the output of a submodule, captured with a forward hook, so an error is
+located at the stage where it starts.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from perceiver_io.configs import OfficialConfig
-from perceiver_io.errors import InputError
 
 from .haiku_pickle import HaikuCheckpoint
 from .stages import flatten
@@ -34,34 +32,6 @@ STAGES: dict[str, tuple[str, Callable[[Any], torch.Tensor]]] = {
 """Reference intermediate name -> (PyTorch submodule, what of its output is that stage). Every task model
 is a `Perceiver` under `perceiver`; the self-attentions add `encoder_self_attention_{k}`, one per call, and
 the decoder's `decoder_query` method (no module of its own) adds `decoder_query`."""
-
-
-@dataclass(frozen=True)
-class StageError:
-    stage: str
-    max_abs_error: float
-    scale: float
-
-    @property
-    def relative_error(self) -> float:
-        return self.max_abs_error / self.scale if self.scale else self.max_abs_error
-
-
-def max_abs_error(ours: np.ndarray, theirs: np.ndarray) -> float:
-    if ours.shape != theirs.shape:
-        raise InputError(f"shapes differ: ours {ours.shape}, reference {theirs.shape}")
-    if not np.isfinite(ours).all():
-        return float("inf")
-    return float(np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)), initial=0.0))
-
-
-def compare(ours: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> list[StageError]:
-    """Max abs error of every stage both sides have, in `ours`' order (flat `name/key` names)."""
-    return [
-        StageError(name, max_abs_error(ours[name], np.asarray(reference[name])), float(np.max(np.abs(reference[name]))))
-        for name in ours
-        if name in reference
-    ]
 
 
 def _numpy(value) -> np.ndarray | dict[str, np.ndarray]:
@@ -144,8 +114,8 @@ def run_jax_reference(
     needs jax).
 
     The apply runs under `jax.jit`, as the flow colab runs the official model: 3 to 5 times faster than
-    eager on the golden models, and within the official code's own eager-vs-jit differences (NOTES §8: at
-    most 1e-5 on the golden batches, 1e-4 on the multimodal audio)."""
+    eager on the golden models, and within the official code's own eager-vs-jit differences: at most 1e-5
+    on the golden batches, 1e-4 on the multimodal audio (docs/official-numerics.md#tolerances)."""
     with jax_on_cpu() as jax:
         from .jax_reference import build
 

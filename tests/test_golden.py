@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from converters.convert import convert_checkpoint
-from converters.parity import run_torch
+from converters.verify import stored_reference, verify_model
 from perceiver_io.registry import RELEASES
 from perceiver_io.serialization import load
 
@@ -18,14 +18,12 @@ from .conftest import Golden
 
 TOLERANCE = 1e-4
 TASKS = [task for task in RELEASES if task != "multimodal_autoencoding"]  # that one: test_multimodal.py
-STAGES = ["encoder_inputs", "inputs_without_pos", "z", "decoder_outputs"]
 
 
 @pytest.fixture(scope="module", params=TASKS)
-def converted(request, tmp_path_factory):
-    golden = Golden(request.param)
-    report = golden.convert(tmp_path_factory.mktemp(golden.task))
-    return golden, report, load(report.output)
+def converted(request, converted_golden):
+    report = converted_golden(request.param)
+    return Golden(request.param), report, load(report.output)
 
 
 def test_conversion_accounts_for_every_leaf(converted):
@@ -39,14 +37,14 @@ def test_conversion_accounts_for_every_leaf(converted):
 
 
 def test_outputs_and_stages_match_official(converted):
-    golden, _, model = converted
-    stages = run_torch(model, golden.inputs)
-    assert all(np.isfinite(value).all() for value in stages.values()), "NaN or inf in a stage"
-    checked = [(stage, golden.intermediates[stage]) for stage in STAGES if stage in golden.intermediates]
-    for stage, official in [*checked, ("out", golden.outputs["out"])]:
-        error = np.abs(stages[stage] - official).max()
-        print(f"{golden.task} {stage}: max abs error {error:.3e}")
-        assert error <= TOLERANCE, f"{golden.task} {stage}: max abs error {error:.3e} > {TOLERANCE}"
+    golden, report, model = converted
+    official = {**golden.intermediates, **golden.outputs}
+    reference = stored_reference(golden.task, golden.config, golden.inputs, official, "the official outputs")
+    parity = verify_model(model, reference, model_origin=str(report.output), tolerance=TOLERANCE)
+    print(parity.table())
+    assert parity.passed, parity.table()
+    compared = {check.stage for check in parity.stages}
+    assert {"encoder_inputs", "encoder_query", "z", "decoder_query", "decoder_outputs", "out"} <= compared
 
 
 def test_language_padding_row_has_official_values(golden_language, tmp_path):

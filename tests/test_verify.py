@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,13 +21,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from converters.cli import main
+from converters.comparison import DEFAULT_FLOAT32_TOLERANCE, default_tolerance
 from converters.convert import convert_checkpoint
 from converters.haiku_pickle import load_haiku_checkpoint
 from converters.verify import (
-    DEFAULT_FLOAT32_TOLERANCE,
     DTYPES,
     compute_reference,
-    default_tolerance,
     first_chunk,
     load_reference,
     reference_config,
@@ -125,7 +125,7 @@ def test_verify_passes_on_golden(task, references, capsys):
         assert against_official <= official_tolerance
         assert abs(direct - against_official) <= reference_vs_official + 1e-9  # the triangle inequality
         assert reference_vs_official <= 1e-5 * max(1.0, float(np.abs(official[name]).max())) * (
-            10 if task == "multimodal_autoencoding" else 1)  # jit reference vs eager official, NOTES §8
+            10 if task == "multimodal_autoencoding" else 1)  # jit vs eager: docs/official-numerics.md#tolerances
 
 
 def _as_torch(value):
@@ -178,6 +178,40 @@ def test_transposed_square_weight_fails_at_that_layers_application(references, c
 
     status, table = _verify(capsys, "--converted", str(converted.output), "--reference", str(reference))
     assert status == 0 and "PASS: every stage within 0.0001" in table
+
+
+def test_the_example_passes_against_the_official_stages_and_the_reference(tmp_path, capsys):
+    status = main(["--example", "-o", str(tmp_path / "example.safetensors")])
+    out = capsys.readouterr().out
+    print(out)
+    assert status == 0 and out.count("PASS: every stage within 0.0001 of its scale") == 2
+    assert "vs the official JAX outputs and intermediates (stored with the example)" in out
+    assert "vs JAX reference run now" in out
+    official = out.split("vs JAX reference run now")[0]
+    for stage in ("encoder_inputs", "encoder_query", "z", "decoder_query", "decoder_outputs", "out"):
+        assert re.search(rf"^  {stage} .* ok$", official, re.M), stage
+
+
+def test_the_example_fails_at_the_first_wrong_stage(tmp_path, capsys, monkeypatch):
+    """The example's model, loaded with one square weight transposed: both references fail, each at the
+    first stage it records after that weight (the official intermediates record no self-attention)."""
+    from perceiver_io import serialization
+
+    loaded = serialization.load
+
+    def load_transposed(path, **options):
+        model = loaded(path, **options)
+        weight = model.get_submodule("perceiver.encoder.self_attends.1.attention.output_proj").weight
+        with torch.no_grad():
+            weight.copy_(weight.T.clone())
+        return model
+
+    monkeypatch.setattr(serialization, "load", load_transposed)
+    status = main(["--example", "-o", str(tmp_path / "example.safetensors")])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "FAIL: first stage over tolerance: z (" in out
+    assert "FAIL: first stage over tolerance: encoder_self_attention_1 (" in out
 
 
 def test_table_reports_every_stage(references, capsys):
@@ -246,13 +280,14 @@ def test_reference_config_of_each_release_builds_the_released_parameter_tree():
 
 
 @pytest.mark.parametrize("task", GOLDEN_TASKS)
-def test_converted_file_of_every_task_verifies_and_keeps_its_task(task, references, capsys, tmp_path):
+def test_converted_file_of_every_task_verifies_and_keeps_its_task(task, references, capsys, tmp_path,
+                                                                  converted_golden):
     """A converted file, and the same model saved again by `perceiver_io.save`, verify as their own task
     (the three ImageNet tasks share one model class): the task is data of the model, kept from build to save
     to load."""
     golden = Golden(task)
     reference = _reference_of(task, references, capsys)
-    converted = golden.convert(tmp_path).output
+    converted = converted_golden(task).output
     model = load(converted)
     assert task_of(model) == task and model.task == task
     resaved = save(model, tmp_path / "resaved.safetensors")
