@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import mapping, task_inputs
 from .configs import (
@@ -155,7 +155,23 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 )}
 """Every task, the six released ones first."""
 
-RELEASES: dict[str, Release] = {name: spec.release for name, spec in TASKS.items() if spec.release is not None}
+class _Releases(Mapping[str, Release]):
+    """The `release` of every task that has one, read from `TASKS` at each use: a view, not a copy."""
+
+    def __getitem__(self, name: str) -> Release:
+        release = TASKS[name].release if name in TASKS else None
+        if release is None:
+            raise KeyError(name)
+        return release
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, spec in TASKS.items() if spec.release is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+RELEASES: Mapping[str, Release] = _Releases()
 """The six checkpoints DeepMind released with Perceiver IO, by the name `perceiver_io.load` takes (the
 task's)."""
 
