@@ -6,8 +6,9 @@ their parts, up to one function per task (named by its `perceiver_io.registry.Ta
 every leaf of a whole checkpoint. The same rules run in both directions (Haiku -> PyTorch in
 `converters.convert`, PyTorch -> Haiku in `converters.export`). Torch-free.
 
-Haiku naming (NOTES §7): a child made in the parent's `__init__` is `parent/~/child`, one made in
-`__call__` is `parent/child`; repeated names get `_1`, `_2`, ... in creation order.
+Haiku naming (docs/official-numerics.md#haiku-parameter-names): a child made in the parent's `__init__`
+is `parent/~/child`, one made in `__call__` is `parent/child`; repeated names get `_1`, `_2`, ... in
+creation order.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .configs import (
     LanguageConfig,
     MultimodalConfig,
     PerceiverConfig,
+    PositionedInputsConfig,
     ProjectionDecoderConfig,
 )
 from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, CONV_TRANSPOSE_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
@@ -126,7 +128,7 @@ def position_encoding(encoding_type: str, project_pos_dim: int, module: str, tor
     return rules
 
 
-def network_inputs(config: ImagePreprocessorConfig | AudioPreprocessorConfig, module: str, torch: str) -> list[Rule]:
+def network_inputs(config: PositionedInputsConfig, module: str, torch: str) -> list[Rule]:
     """A preprocessor's `_build_network_inputs`: its position encoding and `n_extra_pos_mlp` Linears,
     all made in that method (Haiku path `{module}/~_build_network_inputs`)."""
     built = f"{module}/~_build_network_inputs"

@@ -156,8 +156,9 @@ def test_stage_semantics(runs):
     decoded = np.reshape(stages["decoder_outputs"], (2, 2, 2, 12))
     np.testing.assert_array_equal(output, depth_to_space(decoded, 1, 2))
     np.testing.assert_array_equal(output[:, ::2, ::2], decoded[..., :3])
-    # A fully masked query's attention is the bias of linear_3 (NOTES §2); without the query residual the
-    # decoder then adds the MLP of its layer norm and applies `output`, whatever z is.
+    # A fully masked query's attention is the bias of linear_3 (docs/official-numerics.md#attention-numerics);
+    # without the query residual the decoder then adds the MLP of its layer norm and applies `output`,
+    # whatever z is.
     p = {module.removeprefix("basic_decoder/"): leaves
          for module, leaves in runs["raw_masked_queries_patches_postprocessor"]["params"].items()}
     x = np.asarray(p["cross_attention/attention/linear_3"]["b"], np.float64)

@@ -1,8 +1,9 @@
 """Attention blocks and the encoder of the official `perceiver.py`, as functions of a `Scope`.
 
-Official numerics (NOTES §2): logits of each head scaled by 1/sqrt(qk head width), masked logits replaced
-by -1e30 (-1e4 in float16), softmax over keys, heads joined head-major; a query whose keys are all masked
-gets zeros before the output projection. The MLP's GELU is the tanh approximation (`jax.nn.gelu`'s default).
+Official numerics (docs/official-numerics.md#attention-numerics): logits of each head scaled by
+1/sqrt(qk head width), masked logits replaced by -1e30 (-1e4 in float16), softmax over keys, heads joined
+head-major; a query whose keys are all masked gets zeros before the output projection. The MLP's GELU is
+the tanh approximation (`jax.nn.gelu`'s default).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Decoders of the official `perceiver.py`, as functions of a `Scope`: how each builds its queries and
-how it decodes the latents z [B,N,Cz] at them (NOTES §2, §4)."""
+how it decodes the latents z [B,N,Cz] at them (docs/official-numerics.md: #attention-numerics,
+#preprocessors-and-postprocessors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Position encodings of the official `position_encoding.py`, as functions of a `Scope` (NOTES §3).
+"""Position encodings of the official `position_encoding.py`, as functions of a `Scope`
+(docs/official-numerics.md#position-encodings).
 
 Fourier features of positions pos [N,d]: frequencies linspace(1, max_resolution_i / 2, K) per axis, features
 laid out [pos (d) | sin(pi * pos * f) (d*K) | cos(...) (d*K)], bands of one axis together (axis-major),

@@ -1,6 +1,7 @@
 """Input preprocessors and output postprocessors of the official `io_processors.py`, as functions of a
-`Scope` (NOTES §4). A preprocessor returns (inputs with positions [B,M,C], modality sizes or None, inputs
-without positions); a postprocessor maps the decoder's output to the model's.
+`Scope` (docs/official-numerics.md#preprocessors-and-postprocessors). A preprocessor returns (inputs with
+positions [B,M,C], modality sizes or None, inputs without positions); a postprocessor maps the decoder's
+output to the model's.
 """
 
 from __future__ import annotations
