@@ -13,12 +13,15 @@ creation order.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from .configs import (
+    AudioPostprocessorConfig,
     AudioPreprocessorConfig,
     ClassificationDecoderConfig,
+    ClassificationPostprocessorConfig,
     DecoderConfig,
     EncoderConfig,
     FlowConfig,
@@ -29,10 +32,13 @@ from .configs import (
     ImagePreprocessorConfig,
     LanguageConfig,
     MultimodalConfig,
+    OneHotPreprocessorConfig,
     PerceiverConfig,
     PositionedInputsConfig,
     ProjectionDecoderConfig,
+    ProjectionPostprocessorConfig,
 )
+from .errors import MappingError
 from .layout import BATCHNORM_VECTOR, CONV2D_WEIGHT, CONV_TRANSPOSE_WEIGHT, IDENTITY, LINEAR_WEIGHT, Layout
 
 
@@ -212,9 +218,7 @@ def imagenet(config: ImageNetConfig) -> list[Rule]:
     return [
         *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *basic_decoder(
-            config.decoder, f"{config.decoder.name or 'classification_decoder'}/~/basic_decoder", "perceiver.decoder.basic_decoder"
-        ),
+        *inner_basic_decoder(config.decoder, "classification_decoder"),
     ]
 
 
@@ -224,9 +228,7 @@ def optical_flow(config: FlowConfig) -> list[Rule]:
     return [
         *image_preprocessor(config.input_preprocessor, "perceiver.input_preprocessor"),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *basic_decoder(
-            config.decoder, f"{config.decoder.name or 'flow_decoder'}/~/basic_decoder", "perceiver.decoder.basic_decoder"
-        ),
+        *inner_basic_decoder(config.decoder, "flow_decoder"),
     ]
 
 
@@ -286,26 +288,89 @@ def image_postprocessor(config: ImagePostprocessorConfig, module: str, torch: st
     ]
 
 
+def inner_basic_decoder(config: DecoderConfig, default_name: str) -> list[Rule]:
+    """A decoder that makes its `basic_decoder` in its `__init__` (`ClassificationDecoder`, `FlowDecoder`):
+    Haiku path `{name}/~/basic_decoder`, its name the config's or the class's official default."""
+    return basic_decoder(config, f"{config.name or default_name}/~/basic_decoder", "perceiver.decoder.basic_decoder")
+
+
+@functools.singledispatch
+def custom_preprocessor(config) -> list[Rule]:
+    """The leaves of a custom model's input preprocessor of `config`'s type (under its official name)."""
+    raise MappingError(f"no conversion rules for the input preprocessor {type(config).__name__}")
+
+
+@custom_preprocessor.register(type(None))
+@custom_preprocessor.register(OneHotPreprocessorConfig)
+def _no_parameters(config) -> list[Rule]:
+    return []
+
+
+@custom_preprocessor.register(ImagePreprocessorConfig)
+def _image_preprocessor(config: ImagePreprocessorConfig) -> list[Rule]:
+    return image_preprocessor(config, "perceiver.input_preprocessor")
+
+
+@custom_preprocessor.register(AudioPreprocessorConfig)
+def _audio_preprocessor(config: AudioPreprocessorConfig) -> list[Rule]:
+    return network_inputs(config, config.name, "perceiver.input_preprocessor.network_inputs")
+
+
+@functools.singledispatch
+def custom_decoder(config) -> list[Rule]:
+    """The leaves of a custom model's decoder of `config`'s type (under its official name)."""
+    raise MappingError(f"no conversion rules for the decoder {type(config).__name__}")
+
+
+@custom_decoder.register(DecoderConfig)
+def _basic_decoder(config: DecoderConfig) -> list[Rule]:
+    return basic_decoder(config, config.name or "basic_decoder", "perceiver.decoder")
+
+
+@custom_decoder.register(ClassificationDecoderConfig)
+def _classification_decoder(config: ClassificationDecoderConfig) -> list[Rule]:
+    return inner_basic_decoder(config, "classification_decoder")
+
+
+@custom_decoder.register(FlowDecoderConfig)
+def _flow_decoder(config: FlowDecoderConfig) -> list[Rule]:
+    return inner_basic_decoder(config, "flow_decoder")
+
+
+@custom_decoder.register(ProjectionDecoderConfig)
+def _projection_decoder(config: ProjectionDecoderConfig) -> list[Rule]:
+    return linear("projection_decoder/~/logits", "perceiver.decoder.logits")
+
+
+@functools.singledispatch
+def custom_postprocessor(config) -> list[Rule]:
+    """The leaves of a custom model's output postprocessor of `config`'s type (under its official name)."""
+    raise MappingError(f"no conversion rules for the output postprocessor {type(config).__name__}")
+
+
+@custom_postprocessor.register(type(None))
+@custom_postprocessor.register(IdentityPostprocessorConfig)
+def _no_postprocessor_parameters(config) -> list[Rule]:
+    return []
+
+
+@custom_postprocessor.register(ProjectionPostprocessorConfig)
+@custom_postprocessor.register(ClassificationPostprocessorConfig)
+@custom_postprocessor.register(AudioPostprocessorConfig)
+def _linear_postprocessor(config) -> list[Rule]:
+    return linear(f"{config.official_name}/linear", "perceiver.output_postprocessor.linear")
+
+
+@custom_postprocessor.register(ImagePostprocessorConfig)
+def _image_postprocessor(config: ImagePostprocessorConfig) -> list[Rule]:
+    return image_postprocessor(config, "image_postprocessor", "perceiver.output_postprocessor")
+
+
 def custom_perceiver(config: PerceiverConfig) -> list[Rule]:
     """A custom model of the official building set, its modules under their official default names."""
-    rules = []
-    preprocessor = config.input_preprocessor
-    if isinstance(preprocessor, ImagePreprocessorConfig):
-        rules += image_preprocessor(preprocessor, "perceiver.input_preprocessor")
-    elif isinstance(preprocessor, AudioPreprocessorConfig):
-        rules += network_inputs(preprocessor, preprocessor.name, "perceiver.input_preprocessor.network_inputs")
-    rules += perceiver_encoder(config.encoder, "perceiver.encoder")
-    decoder = config.decoder
-    if isinstance(decoder, ProjectionDecoderConfig):
-        rules += linear("projection_decoder/~/logits", "perceiver.decoder.logits")
-    elif isinstance(decoder, (ClassificationDecoderConfig, FlowDecoderConfig)):
-        default = "classification_decoder" if isinstance(decoder, ClassificationDecoderConfig) else "flow_decoder"
-        rules += basic_decoder(decoder, f"{decoder.name or default}/~/basic_decoder", "perceiver.decoder.basic_decoder")
-    else:
-        rules += basic_decoder(decoder, decoder.name or "basic_decoder", "perceiver.decoder")
-    postprocessor = config.output_postprocessor
-    if isinstance(postprocessor, ImagePostprocessorConfig):
-        rules += image_postprocessor(postprocessor, "image_postprocessor", "perceiver.output_postprocessor")
-    elif postprocessor is not None and not isinstance(postprocessor, IdentityPostprocessorConfig):
-        rules += linear(f"{postprocessor.official_name}/linear", "perceiver.output_postprocessor.linear")
-    return rules
+    return [
+        *custom_preprocessor(config.input_preprocessor),
+        *perceiver_encoder(config.encoder, "perceiver.encoder"),
+        *custom_decoder(config.decoder),
+        *custom_postprocessor(config.output_postprocessor),
+    ]

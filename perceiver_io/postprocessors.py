@@ -3,12 +3,19 @@ Each is called as `postprocessor(x, modality_sizes)`, as the official `Perceiver
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-from .configs import ImagePostprocessorConfig
+from .configs import (
+    AudioPostprocessorConfig,
+    ClassificationPostprocessorConfig,
+    IdentityPostprocessorConfig,
+    ImagePostprocessorConfig,
+    ProjectionPostprocessorConfig,
+)
 from .conv import Conv2DUpsample, Conv3DUpsample
 from .errors import ConfigError, InputError
 
@@ -131,3 +138,41 @@ class ImagePostprocessor(nn.Module):
         if config.postproc_type == "patches":
             return reverse_space_to_depth(x, config.temporal_upsample, config.spatial_upsample)
         return x
+
+
+@functools.singledispatch
+def custom_postprocessor(config, channels: int) -> nn.Module | None:
+    """A custom model's output postprocessor of `config`'s type, over decoder outputs of `channels`; None
+    for a model without one."""
+    raise ConfigError(f"no PyTorch output postprocessor for {type(config).__name__}")
+
+
+@custom_postprocessor.register(type(None))
+def _no_postprocessor(config: None, channels: int) -> None:
+    return None
+
+
+@custom_postprocessor.register(IdentityPostprocessorConfig)
+def _identity_postprocessor(config: IdentityPostprocessorConfig, channels: int) -> IdentityPostprocessor:
+    return IdentityPostprocessor()
+
+
+@custom_postprocessor.register(ProjectionPostprocessorConfig)
+def _projection_postprocessor(config: ProjectionPostprocessorConfig, channels: int) -> ProjectionPostprocessor:
+    return ProjectionPostprocessor(channels, config.num_outputs)
+
+
+@custom_postprocessor.register(ClassificationPostprocessorConfig)
+def _classification_postprocessor(config: ClassificationPostprocessorConfig,
+                                  channels: int) -> ClassificationPostprocessor:
+    return ClassificationPostprocessor(channels, config.num_classes)
+
+
+@custom_postprocessor.register(AudioPostprocessorConfig)
+def _audio_postprocessor(config: AudioPostprocessorConfig, channels: int) -> AudioPostprocessor:
+    return AudioPostprocessor(channels, config.samples_per_patch)
+
+
+@custom_postprocessor.register(ImagePostprocessorConfig)
+def _image_postprocessor(config: ImagePostprocessorConfig, channels: int) -> ImagePostprocessor:
+    return ImagePostprocessor(config, channels)

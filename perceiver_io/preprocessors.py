@@ -4,13 +4,14 @@ without positions), as the official preprocessors return their triple."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .configs import AudioPreprocessorConfig, ImagePreprocessorConfig
+from .configs import AudioPreprocessorConfig, ImagePreprocessorConfig, OneHotPreprocessorConfig
 from .conv import Conv2DDownsample, pad_same
 from .errors import ConfigError, InputError
 from .position_encoding import TrainablePositionEncoding, build_position_encoding
@@ -281,3 +282,30 @@ class MultimodalPreprocessor(nn.Module):
             sizes[name] = x.shape[1]
             without_pos[name] = output.inputs_without_pos
         return PreprocessorOutput(torch.cat(tokens, dim=1), sizes, without_pos)
+
+
+@functools.singledispatch
+def custom_preprocessor(config, input_shape: tuple[int, ...]) -> nn.Module | None:
+    """A custom model's input preprocessor of `config`'s type for one example's `input_shape` (no batch
+    axis); None for a model without one, whose inputs are the encoder's [N,C] already."""
+    raise ConfigError(f"no PyTorch input preprocessor for {type(config).__name__}")
+
+
+@custom_preprocessor.register(type(None))
+def _no_preprocessor(config: None, input_shape: tuple[int, ...]) -> None:
+    return None
+
+
+@custom_preprocessor.register(ImagePreprocessorConfig)
+def _image_preprocessor(config: ImagePreprocessorConfig, input_shape: tuple[int, ...]) -> ImagePreprocessor:
+    return ImagePreprocessor(config, in_channels=input_shape[-1], image_shape=input_shape[:-1])
+
+
+@custom_preprocessor.register(AudioPreprocessorConfig)
+def _audio_preprocessor(config: AudioPreprocessorConfig, input_shape: tuple[int, ...]) -> AudioPreprocessor:
+    return AudioPreprocessor(config, num_samples=input_shape[0])
+
+
+@custom_preprocessor.register(OneHotPreprocessorConfig)
+def _one_hot_preprocessor(config: OneHotPreprocessorConfig, input_shape: tuple[int, ...]) -> OneHotPreprocessor:
+    return OneHotPreprocessor(input_shape[-1])

@@ -14,23 +14,12 @@ from .configs import (
     LANGUAGE_MLM,
     MULTIMODAL_AUTOENCODING,
     OPTICAL_FLOW,
-    AudioPostprocessorConfig,
-    AudioPreprocessorConfig,
-    ClassificationDecoderConfig,
-    ClassificationPostprocessorConfig,
     FlowConfig,
-    FlowDecoderConfig,
-    IdentityPostprocessorConfig,
     ImageNetConfig,
-    ImagePostprocessorConfig,
-    ImagePreprocessorConfig,
     LanguageConfig,
     MultimodalConfig,
     OfficialConfig,
-    OneHotPreprocessorConfig,
     PerceiverConfig,
-    ProjectionDecoderConfig,
-    ProjectionPostprocessorConfig,
 )
 from .decoders import (
     BasicDecoder,
@@ -38,7 +27,7 @@ from .decoders import (
     DecoderQueries,
     FlowDecoder,
     MultimodalDecoder,
-    ProjectionDecoder,
+    custom_decoder,
 )
 from .encoder import PerceiverEncoder
 from .errors import ConfigError, InputError
@@ -48,10 +37,9 @@ from .postprocessors import (
     AudioPostprocessor,
     ClassificationPostprocessor,
     EmbeddingDecoder,
-    IdentityPostprocessor,
-    ImagePostprocessor,
     MultimodalPostprocessor,
     ProjectionPostprocessor,
+    custom_postprocessor,
 )
 from .preprocessors import (
     AudioPreprocessor,
@@ -59,6 +47,7 @@ from .preprocessors import (
     MultimodalPreprocessor,
     OneHotPreprocessor,
     TokenPreprocessor,
+    custom_preprocessor,
     patches_for_flow,
 )
 from .registry import TASKS, get_task
@@ -250,44 +239,6 @@ class VideoAutoencoder(nn.Module):
         }
 
 
-def _input_preprocessor(config: PerceiverConfig) -> nn.Module | None:
-    spec, shape = config.input_preprocessor, config.input_shape
-    if isinstance(spec, ImagePreprocessorConfig):
-        return ImagePreprocessor(spec, in_channels=shape[-1], image_shape=shape[:-1])
-    if isinstance(spec, AudioPreprocessorConfig):
-        return AudioPreprocessor(spec, num_samples=shape[0])
-    if isinstance(spec, OneHotPreprocessorConfig):
-        return OneHotPreprocessor(shape[-1])
-    return None
-
-
-def _decoder(config: PerceiverConfig, query_channels: int, feature_channels: int) -> nn.Module:
-    spec, z_channels = config.decoder, config.encoder.num_z_channels
-    if isinstance(spec, ProjectionDecoderConfig):
-        return ProjectionDecoder(z_channels, spec.num_classes)
-    if isinstance(spec, FlowDecoderConfig):
-        if spec.output_image_shape is None:
-            raise ConfigError("a flow decoder needs output_image_shape")
-        return FlowDecoder(spec, z_channels, query_channels, spec.output_image_shape)
-    if isinstance(spec, ClassificationDecoderConfig):
-        return ClassificationDecoder(spec, z_channels, spec.num_classes, feature_channels)
-    return BasicDecoder(spec, z_channels, input_channels=feature_channels)
-
-
-def _output_postprocessor(spec, channels: int) -> nn.Module | None:
-    if isinstance(spec, IdentityPostprocessorConfig):
-        return IdentityPostprocessor()
-    if isinstance(spec, ProjectionPostprocessorConfig):
-        return ProjectionPostprocessor(channels, spec.num_outputs)
-    if isinstance(spec, ClassificationPostprocessorConfig):
-        return ClassificationPostprocessor(channels, spec.num_classes)
-    if isinstance(spec, AudioPostprocessorConfig):
-        return AudioPostprocessor(channels, spec.samples_per_patch)
-    if isinstance(spec, ImagePostprocessorConfig):
-        return ImagePostprocessor(spec, channels)
-    return None
-
-
 class CustomPerceiver(nn.Module):
     """Any Perceiver IO of the official building set (a `PerceiverConfig`), for checkpoints of models
     trained in Haiku with the official modules. forward(inputs, input_mask, query_mask, subsampled_points)
@@ -298,16 +249,16 @@ class CustomPerceiver(nn.Module):
     def __init__(self, config: PerceiverConfig):
         super().__init__()
         self.config = config
-        preprocessor = _input_preprocessor(config)
+        preprocessor = custom_preprocessor(config.input_preprocessor, config.input_shape)
         input_channels = preprocessor.num_channels if preprocessor is not None else config.input_shape[-1]
         feature_channels = preprocessor.feature_channels if preprocessor is not None else config.input_shape[-1]
-        decoder = _decoder(config, input_channels, feature_channels)
+        decoder = custom_decoder(config.decoder, config.encoder.num_z_channels, input_channels, feature_channels)
         output_channels = getattr(decoder, "output_channels", None) or config.decoder.output_num_channels
         self.perceiver = Perceiver(
             PerceiverEncoder(config.encoder, input_channels=input_channels),
             decoder,
             input_preprocessor=preprocessor,
-            output_postprocessor=_output_postprocessor(config.output_postprocessor, output_channels),
+            output_postprocessor=custom_postprocessor(config.output_postprocessor, output_channels),
         )
 
     def forward(self, inputs, input_mask=None, query_mask=None, subsampled_points=None):

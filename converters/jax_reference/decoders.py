@@ -5,12 +5,13 @@ how it decodes the latents z [B,N,Cz] at them (docs/official-numerics.md: #atten
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from perceiver_io.configs import DecoderConfig, FlowDecoderConfig
+from perceiver_io.configs import ClassificationDecoderConfig, DecoderConfig, FlowDecoderConfig, ProjectionDecoderConfig
 from perceiver_io.errors import ConfigError
 
 from .attention import cross_attention, outer_mask
@@ -122,3 +123,34 @@ def multimodal_queries(scope: Scope, modality_queries: Mapping[str, jax.Array], 
                               truncated_normal(0.02))
         parts.append(jnp.concatenate([query, jnp.broadcast_to(padding, (batch, count, width - channels))], axis=-1))
     return jnp.concatenate(parts, axis=1)
+
+
+@functools.singledispatch
+def custom_decoder(config, scope: Scope, preprocessed: Preprocessed, query_mask, subsampled_points) -> Decoder:
+    """A custom model's decoder of `config`'s type, under its official default name."""
+    raise ConfigError(f"no reference for the decoder {type(config).__name__}")
+
+
+@custom_decoder.register(DecoderConfig)
+def _basic(config: DecoderConfig, scope: Scope, preprocessed: Preprocessed, query_mask, subsampled_points) -> Decoder:
+    return basic_decoder(scope, config.name or "basic_decoder", config, preprocessed, subsampled_points, query_mask)
+
+
+@custom_decoder.register(ClassificationDecoderConfig)
+def _classification(config: ClassificationDecoderConfig, scope: Scope, preprocessed: Preprocessed, query_mask,
+                    subsampled_points) -> Decoder:
+    return classification_decoder(scope, config, config.num_classes, preprocessed, subsampled_points)
+
+
+@custom_decoder.register(FlowDecoderConfig)
+def _flow(config: FlowDecoderConfig, scope: Scope, preprocessed: Preprocessed, query_mask,
+          subsampled_points) -> Decoder:
+    if config.output_image_shape is None:
+        raise ConfigError("a flow decoder needs output_image_shape")
+    return flow_decoder(scope, config, config.output_image_shape, preprocessed)
+
+
+@custom_decoder.register(ProjectionDecoderConfig)
+def _projection(config: ProjectionDecoderConfig, scope: Scope, preprocessed: Preprocessed, query_mask,
+                subsampled_points) -> Decoder:
+    return projection_decoder(scope, config.num_classes)

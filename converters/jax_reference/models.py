@@ -25,17 +25,14 @@ import jax.numpy as jnp
 
 from perceiver_io.configs import (
     AudioPostprocessorConfig,
-    ClassificationDecoderConfig,
     ClassificationPostprocessorConfig,
     FlowConfig,
-    FlowDecoderConfig,
     ImageNetConfig,
     LanguageConfig,
     MultimodalConfig,
     OfficialConfig,
     OneHotPreprocessorConfig,
     PerceiverConfig,
-    ProjectionDecoderConfig,
     ProjectionPostprocessorConfig,
 )
 from perceiver_io.errors import ConfigError
@@ -47,9 +44,9 @@ from .decoders import (
     basic_decoder,
     basic_queries,
     classification_decoder,
+    custom_decoder,
     flow_decoder,
     multimodal_queries,
-    projection_decoder,
 )
 from .layers import embed, truncated_normal, zeros
 from .processors import (
@@ -152,24 +149,10 @@ def multimodal_autoencoding(scope: Scope, config: MultimodalConfig, images, audi
              "label": ClassificationPostprocessorConfig(num_classes=config.num_classes)}
     outputs, start = {}, 0
     for name in sorted(counts):
-        outputs[name] = postprocess(scope, heads[name], out[:, start:start + counts[name]])
+        outputs[name] = postprocess(heads[name], scope, out[:, start:start + counts[name]])
         start += counts[name]
     scope.record("perceiver_outputs", outputs)
     return outputs
-
-
-def _custom_decoder(scope: Scope, config: PerceiverConfig, preprocessed: Preprocessed, query_mask,
-                    subsampled_points) -> Decoder:
-    decoder = config.decoder
-    if isinstance(decoder, ProjectionDecoderConfig):
-        return projection_decoder(scope, decoder.num_classes)
-    if isinstance(decoder, FlowDecoderConfig):
-        if decoder.output_image_shape is None:
-            raise ConfigError("a flow decoder needs output_image_shape")
-        return flow_decoder(scope, decoder, decoder.output_image_shape, preprocessed)
-    if isinstance(decoder, ClassificationDecoderConfig):
-        return classification_decoder(scope, decoder, decoder.num_classes, preprocessed, subsampled_points)
-    return basic_decoder(scope, decoder.name or "basic_decoder", decoder, preprocessed, subsampled_points, query_mask)
 
 
 def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=None, query_mask=None,
@@ -181,10 +164,10 @@ def custom_perceiver(scope: Scope, config: PerceiverConfig, inputs, input_mask=N
         raise ConfigError(f"inputs: expected shape [B, {', '.join(map(str, expected))}] from the config's "
                          f"input_shape, found {list(inputs.shape)}")
     scope.record("perceiver_call_inputs", inputs)
-    preprocessed = preprocess(scope, config.input_preprocessor, inputs)
-    decoder = _custom_decoder(scope, config, preprocessed, query_mask, subsampled_points)
-    out = postprocess(scope, config.output_postprocessor, _perceiver(scope, config.encoder, preprocessed, decoder,
-                                                                     input_mask))
+    preprocessed = preprocess(config.input_preprocessor, scope, inputs)
+    decoder = custom_decoder(config.decoder, scope, preprocessed, query_mask, subsampled_points)
+    out = postprocess(config.output_postprocessor, scope,
+                      _perceiver(scope, config.encoder, preprocessed, decoder, input_mask))
     scope.record("perceiver_outputs", out)
     return out
 

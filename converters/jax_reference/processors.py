@@ -6,6 +6,7 @@ output to the model's.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, NamedTuple
 
@@ -155,17 +156,30 @@ def one_hot_preprocessor(scope: Scope, labels: jax.Array) -> Preprocessed:
     return Preprocessed(tokens, None, tokens)
 
 
-def preprocess(scope: Scope, config: OfficialConfig | None, inputs) -> Preprocessed:
-    """The preprocessor `config` describes (None: the inputs are the encoder's input array already)."""
-    if isinstance(config, ImagePreprocessorConfig):
-        return image_preprocessor(scope, config, inputs)
-    if isinstance(config, AudioPreprocessorConfig):
-        return audio_preprocessor(scope, config, inputs)
-    if isinstance(config, OneHotPreprocessorConfig):
-        return one_hot_preprocessor(scope, inputs)
-    if config is None:
-        return Preprocessed(inputs, None, None)
+@functools.singledispatch
+def preprocess(config, scope: Scope, inputs) -> Preprocessed:
+    """The preprocessor of `config`'s type on `inputs` (None: the inputs are the encoder's input array)."""
     raise ConfigError(f"no reference for the preprocessor {type(config).__name__}")
+
+
+@preprocess.register(type(None))
+def _no_preprocessor(config: None, scope: Scope, inputs) -> Preprocessed:
+    return Preprocessed(inputs, None, None)
+
+
+@preprocess.register(ImagePreprocessorConfig)
+def _image(config: ImagePreprocessorConfig, scope: Scope, inputs) -> Preprocessed:
+    return image_preprocessor(scope, config, inputs)
+
+
+@preprocess.register(AudioPreprocessorConfig)
+def _audio(config: AudioPreprocessorConfig, scope: Scope, inputs) -> Preprocessed:
+    return audio_preprocessor(scope, config, inputs)
+
+
+@preprocess.register(OneHotPreprocessorConfig)
+def _one_hot(config: OneHotPreprocessorConfig, scope: Scope, inputs) -> Preprocessed:
+    return one_hot_preprocessor(scope, inputs)
 
 
 def multimodal_preprocessor(scope: Scope, modalities: Mapping[str, OfficialConfig], inputs: Mapping[str, jax.Array],
@@ -179,7 +193,7 @@ def multimodal_preprocessor(scope: Scope, modalities: Mapping[str, OfficialConfi
         raise ConfigError(f"mask_probs names {sorted(mask_probs)}, the modalities are {names}")
     if set(inputs) != set(names):
         raise ConfigError(f"the multimodal inputs are {sorted(inputs)}, the modalities {names}")
-    outputs = {name: preprocess(scope, modalities[name], inputs[name]) for name in names}
+    outputs = {name: preprocess(modalities[name], scope, inputs[name]) for name in names}
     width = max(output.inputs.shape[-1] for output in outputs.values()) + min_padding_size
     tokens = []
     for name in names:
@@ -235,25 +249,34 @@ def image_postprocessor(scope: Scope, config: ImagePostprocessorConfig, x: jax.A
     return x
 
 
-POSTPROCESSOR_MODULES = {
-    ProjectionPostprocessorConfig: "projection_postprocessor",
-    ClassificationPostprocessorConfig: "classification_postprocessor",
-    AudioPostprocessorConfig: "audio_postprocessor",
-}
-"""The official default Haiku name of each postprocessor whose one parameter is a `linear`."""
+@functools.singledispatch
+def postprocess(config, scope: Scope, x: jax.Array):
+    """The postprocessor of `config`'s type on the decoder's output `x` (None or identity: `x` itself). A
+    postprocessor whose one parameter is a `linear` has it under its official name (`config.official_name`)."""
+    raise ConfigError(f"no reference for the postprocessor {type(config).__name__}")
 
 
-def postprocess(scope: Scope, config: OfficialConfig | None, x: jax.Array):
-    """The postprocessor `config` describes (None or identity: the decoder's output itself)."""
-    if config is None or isinstance(config, IdentityPostprocessorConfig):
-        return x
-    if isinstance(config, ImagePostprocessorConfig):
-        return image_postprocessor(scope, config, x)
-    if type(config) not in POSTPROCESSOR_MODULES:
-        raise ConfigError(f"no reference for the postprocessor {type(config).__name__}")
-    module = f"{POSTPROCESSOR_MODULES[type(config)]}/linear"
-    if isinstance(config, ProjectionPostprocessorConfig):
-        return linear(scope, module, x, config.num_outputs)
-    if isinstance(config, ClassificationPostprocessorConfig):
-        return linear(scope, module, x, config.num_classes)[:, 0, :]
-    return linear(scope, module, x, config.samples_per_patch).reshape(x.shape[0], -1)
+@postprocess.register(type(None))
+@postprocess.register(IdentityPostprocessorConfig)
+def _identity(config, scope: Scope, x: jax.Array) -> jax.Array:
+    return x
+
+
+@postprocess.register(ImagePostprocessorConfig)
+def _image_postprocessor(config: ImagePostprocessorConfig, scope: Scope, x: jax.Array) -> jax.Array:
+    return image_postprocessor(scope, config, x)
+
+
+@postprocess.register(ProjectionPostprocessorConfig)
+def _projection(config: ProjectionPostprocessorConfig, scope: Scope, x: jax.Array) -> jax.Array:
+    return linear(scope, f"{config.official_name}/linear", x, config.num_outputs)
+
+
+@postprocess.register(ClassificationPostprocessorConfig)
+def _classification(config: ClassificationPostprocessorConfig, scope: Scope, x: jax.Array) -> jax.Array:
+    return linear(scope, f"{config.official_name}/linear", x, config.num_classes)[:, 0, :]
+
+
+@postprocess.register(AudioPostprocessorConfig)
+def _audio_postprocessor(config: AudioPostprocessorConfig, scope: Scope, x: jax.Array) -> jax.Array:
+    return linear(scope, f"{config.official_name}/linear", x, config.samples_per_patch).reshape(x.shape[0], -1)
