@@ -11,15 +11,13 @@ from hypothesis import strategies as st
 
 from perceiver_io.configs import (
     LANGUAGE_MLM,
-    MAX_LAYERS,
-    MAX_SIZE,
     EncoderConfig,
     FourierPositionEncodingConfig,
     ImagePreprocessorConfig,
     LanguageConfig,
-    OfficialConfig,
 )
 from perceiver_io.errors import ConfigError
+from perceiver_io.official_config import MAX_LAYERS, MAX_SIZE, OfficialConfig
 from perceiver_io.registry import TASKS, parse_config
 from perceiver_io.tasks import build_model
 

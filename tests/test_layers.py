@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("perceiver_io.errors", "perceiver_io.atomic", "perceiver_io.cache", "perceiver_io.layout",
                    "converters.stages"),
-    "specifications": ("perceiver_io.configs", "perceiver_io.mapping", "perceiver_io.task_inputs",
+    "specifications": ("perceiver_io.official_config", "perceiver_io.configs", "perceiver_io.mapping", "perceiver_io.task_inputs",
                        "perceiver_io.registry", "perceiver_io.tokenizer"),
     "modules": ("perceiver_io.attention", "perceiver_io.conv", "perceiver_io.position_encoding", "perceiver_io.encoder",
                 "perceiver_io.decoders", "perceiver_io.preprocessors", "perceiver_io.postprocessors",
