@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--example", action="store_true",
                       help="convert the small language checkpoint that ships with the project, run it, and "
-                      "print its parity with the official JAX outputs")
+                      "print its parity, stage by stage, with the official JAX outputs and intermediates and, "
+                      "when jax is installed, with the JAX reference")
     mode.add_argument("--download", action="store_true",
                       help="fetch the released checkpoint of --task into the cache (PERCEIVER_IO_CACHE, default "
                       "~/.cache/perceiver_io); with -o, convert it to DST")
@@ -112,7 +113,7 @@ def _run_example(output: Path, force: bool) -> int:
 
     from .haiku_pickle import load_haiku_checkpoint
     from .parity import jax_available
-    from .verify import compute_reference, stored_reference, verify_model
+    from .verify import compute_reference, reference_from_stages, verify_model
 
     example = resources.files("converters") / "examples" / EXAMPLE_TASK
     with resources.as_file(example) as folder:
@@ -124,12 +125,12 @@ def _run_example(output: Path, force: bool) -> int:
         official = {**np.load(folder / "intermediates.npz"), **np.load(folder / "outputs.npz")}
         checkpoint = load_haiku_checkpoint(source)
 
-    references = [stored_reference(EXAMPLE_TASK, config, inputs, official,
-                                   "the official JAX outputs and intermediates (stored with the example)")]
+    references = [reference_from_stages(EXAMPLE_TASK, config, inputs, official,
+                                        "the official JAX outputs and intermediates (stored with the example)")]
     if jax_available():
         references.append(compute_reference(checkpoint, EXAMPLE_TASK, config, inputs))
     else:
-        print("jax not installed: comparing with the stored official outputs only "
+        print("jax not installed: comparing with the stored official outputs and intermediates only "
               "(pip install '.[jax]' to run the JAX reference too)")
     model = load(output)
     reports = [verify_model(model, reference, model_origin=f"{output} (converted now)") for reference in references]

@@ -63,6 +63,7 @@ def is_compared_stage(name: str) -> bool:
     base = name.partition("/")[0]
     return base in STAGE_ORDER or re.fullmatch(r"encoder_self_attention_\d+", base) is not None
 
+
 def max_abs_error(ours: np.ndarray, theirs: np.ndarray) -> float:
     """The max abs difference in float64; inf where `ours` holds NaN or inf. Shapes must agree."""
     if ours.shape != theirs.shape:
@@ -84,7 +85,10 @@ class StageCheck:
 
 
 @dataclass(frozen=True)
-class VerifyReport:
+class StageReport:
+    """The checks of one PyTorch run against one reference, with where each side came from; `table()` is
+    what verify, --example and the golden tests print."""
+
     task: str
     model: str  # where the PyTorch weights came from
     reference: str  # where the reference stages came from

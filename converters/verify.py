@@ -45,7 +45,7 @@ from perceiver_io.inputs import dtype_name
 from perceiver_io.registry import get_task, parse_config
 from perceiver_io.task_inputs import first_chunk, fits_layout, layout_text
 
-from .comparison import VerifyReport, compare_stages, default_tolerance, is_compared_stage
+from .comparison import StageReport, compare_stages, default_tolerance, is_compared_stage
 from .haiku_pickle import HaikuCheckpoint
 from .parity import jax_on_cpu, run_jax_reference, run_torch
 from .stages import flatten, is_output, unflatten
@@ -191,22 +191,21 @@ class Reference:
                 raise ConfigError(f"{self.origin}: {name} holds NaN or inf")
 
 
+def reference_from_stages(task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any],
+                          arrays: Mapping[str, np.ndarray], origin: str) -> Reference:
+    """A reference of the compared stages among `arrays` (flat names): what the JAX reference recorded, or
+    what the official code did (a golden or example folder's `intermediates.npz` and `outputs.npz`)."""
+    stages = {name: np.asarray(value) for name, value in arrays.items() if is_compared_stage(name)}
+    return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
+
+
 def compute_reference(
     checkpoint: HaikuCheckpoint, task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping
 ) -> Reference:
     """Runs the project's JAX reference (float32, JAX on CPU) on the checkpoint; needs jax."""
     stages = run_jax_reference(checkpoint, task, parse_config(task, config), inputs)
-    stages = {name: value for name, value in stages.items() if is_compared_stage(name)}
     origin = f"JAX reference run now (jax {importlib.metadata.version('jax')}, float32 on CPU)"
-    return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
-
-
-def stored_reference(task: str, config: OfficialConfig | Mapping[str, Any] | None, inputs: Mapping[str, Any],
-                     arrays: Mapping[str, np.ndarray], origin: str) -> Reference:
-    """Stages recorded by the official code (a golden or example folder's `intermediates.npz` and
-    `outputs.npz`, flat names) as a reference: those of them that are compared stages."""
-    stages = {name: np.asarray(value) for name, value in arrays.items() if is_compared_stage(name)}
-    return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
+    return reference_from_stages(task, config, inputs, stages, origin)
 
 
 def read_jax_outputs(path: str | Path, task: str, config: OfficialConfig | Mapping[str, Any] | None,
@@ -350,7 +349,7 @@ def verify_model(
     *,
     model_origin: str,
     tolerance: float | None = None,
-) -> VerifyReport:
+) -> StageReport:
     """Runs `model` (already on its device and in its dtype) on the reference's inputs and compares."""
     parameter = next(model.parameters())
     dtype = dtype_name(parameter.dtype)
@@ -361,7 +360,7 @@ def verify_model(
         reference.check_outputs(ours)
     checks, only_ours, only_theirs = compare_stages(ours, reference.stages, tolerance)
     inputs = {name: f"{'x'.join(map(str, value.shape))} {value.dtype}" for name, value in flatten(reference.inputs).items()}
-    return VerifyReport(
+    return StageReport(
         task=reference.task,
         model=model_origin,
         reference=reference.origin,

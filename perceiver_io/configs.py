@@ -43,10 +43,11 @@ class FourierPositionEncodingConfig(OfficialConfig):
     sine_only: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PositionedInputsConfig(OfficialConfig):
     """The arguments the official image and audio preprocessors share: how their `_build_network_inputs`
-    encodes positions and joins them to the inputs."""
+    encodes positions and joins them to the inputs (keyword-only, so that the preprocessors' own fields keep
+    their positions)."""
 
     position_encoding_type: Literal["trainable", "fourier"] = "fourier"
     n_extra_pos_mlp: int = bounded(0, Range(0, MAX_LAYERS))
@@ -548,3 +549,9 @@ class PerceiverConfig(OfficialConfig):
     decoder: OfficialConfig = field(metadata={"tagged": DECODERS})
     input_preprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": PREPROCESSORS})
     output_postprocessor: OfficialConfig | None = field(default=None, metadata={"tagged": POSTPROCESSORS})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.decoder, FlowDecoderConfig) and self.decoder.output_image_shape is None:
+            raise ConfigError("perceiver.decoder.output_image_shape: a custom model's flow decoder needs the "
+                              "[H, W] of its output (the flow task takes its TRAIN_SIZE)")

@@ -224,33 +224,32 @@ class ProjectionDecoder(nn.Module):
 
 
 @functools.singledispatch
-def custom_decoder(config, z_channels: int, input_channels: int, feature_channels: int) -> nn.Module:
-    """A custom model's decoder of `config`'s type, decoding latents of `z_channels`; `input_channels` is the
-    width of the preprocessed inputs (a flow decoder's queries), `feature_channels` that of the inputs
+def custom_decoder(config, z_channels: int, preprocessed_channels: int, feature_channels: int) -> nn.Module:
+    """A custom model's decoder of `config`'s type, decoding latents of `z_channels`; `preprocessed_channels`
+    is the width of the preprocessed inputs (a flow decoder's queries), `feature_channels` that of the inputs
     without positions (concatenated to the queries with `concat_preprocessed_input`)."""
     raise ConfigError(f"no PyTorch decoder for {type(config).__name__}")
 
 
 @custom_decoder.register(DecoderConfig)
-def _basic_decoder(config: DecoderConfig, z_channels: int, input_channels: int, feature_channels: int) -> BasicDecoder:
+def _basic_decoder(config: DecoderConfig, z_channels: int, preprocessed_channels: int,
+                   feature_channels: int) -> BasicDecoder:
     return BasicDecoder(config, z_channels, input_channels=feature_channels)
 
 
 @custom_decoder.register(ClassificationDecoderConfig)
-def _classification_decoder(config: ClassificationDecoderConfig, z_channels: int, input_channels: int,
+def _classification_decoder(config: ClassificationDecoderConfig, z_channels: int, preprocessed_channels: int,
                             feature_channels: int) -> ClassificationDecoder:
     return ClassificationDecoder(config, z_channels, config.num_classes, feature_channels)
 
 
 @custom_decoder.register(FlowDecoderConfig)
-def _flow_decoder(config: FlowDecoderConfig, z_channels: int, input_channels: int,
+def _flow_decoder(config: FlowDecoderConfig, z_channels: int, preprocessed_channels: int,
                   feature_channels: int) -> FlowDecoder:
-    if config.output_image_shape is None:
-        raise ConfigError("a flow decoder needs output_image_shape")
-    return FlowDecoder(config, z_channels, input_channels, config.output_image_shape)
+    return FlowDecoder(config, z_channels, preprocessed_channels, config.output_image_shape)
 
 
 @custom_decoder.register(ProjectionDecoderConfig)
-def _projection_decoder(config: ProjectionDecoderConfig, z_channels: int, input_channels: int,
+def _projection_decoder(config: ProjectionDecoderConfig, z_channels: int, preprocessed_channels: int,
                         feature_channels: int) -> ProjectionDecoder:
     return ProjectionDecoder(z_channels, config.num_classes)

@@ -295,73 +295,73 @@ def inner_basic_decoder(config: DecoderConfig, default_name: str) -> list[Rule]:
 
 
 @functools.singledispatch
-def custom_preprocessor(config) -> list[Rule]:
+def custom_preprocessor_rules(config) -> list[Rule]:
     """The leaves of a custom model's input preprocessor of `config`'s type (under its official name)."""
     raise MappingError(f"no conversion rules for the input preprocessor {type(config).__name__}")
 
 
-@custom_preprocessor.register(type(None))
-@custom_preprocessor.register(OneHotPreprocessorConfig)
-def _no_parameters(config) -> list[Rule]:
+@custom_preprocessor_rules.register(type(None))
+@custom_preprocessor_rules.register(OneHotPreprocessorConfig)
+def _no_preprocessor_leaves(config) -> list[Rule]:
     return []
 
 
-@custom_preprocessor.register(ImagePreprocessorConfig)
+@custom_preprocessor_rules.register(ImagePreprocessorConfig)
 def _image_preprocessor(config: ImagePreprocessorConfig) -> list[Rule]:
     return image_preprocessor(config, "perceiver.input_preprocessor")
 
 
-@custom_preprocessor.register(AudioPreprocessorConfig)
+@custom_preprocessor_rules.register(AudioPreprocessorConfig)
 def _audio_preprocessor(config: AudioPreprocessorConfig) -> list[Rule]:
     return network_inputs(config, config.name, "perceiver.input_preprocessor.network_inputs")
 
 
 @functools.singledispatch
-def custom_decoder(config) -> list[Rule]:
+def custom_decoder_rules(config) -> list[Rule]:
     """The leaves of a custom model's decoder of `config`'s type (under its official name)."""
     raise MappingError(f"no conversion rules for the decoder {type(config).__name__}")
 
 
-@custom_decoder.register(DecoderConfig)
+@custom_decoder_rules.register(DecoderConfig)
 def _basic_decoder(config: DecoderConfig) -> list[Rule]:
     return basic_decoder(config, config.name or "basic_decoder", "perceiver.decoder")
 
 
-@custom_decoder.register(ClassificationDecoderConfig)
+@custom_decoder_rules.register(ClassificationDecoderConfig)
 def _classification_decoder(config: ClassificationDecoderConfig) -> list[Rule]:
     return inner_basic_decoder(config, "classification_decoder")
 
 
-@custom_decoder.register(FlowDecoderConfig)
+@custom_decoder_rules.register(FlowDecoderConfig)
 def _flow_decoder(config: FlowDecoderConfig) -> list[Rule]:
     return inner_basic_decoder(config, "flow_decoder")
 
 
-@custom_decoder.register(ProjectionDecoderConfig)
+@custom_decoder_rules.register(ProjectionDecoderConfig)
 def _projection_decoder(config: ProjectionDecoderConfig) -> list[Rule]:
     return linear("projection_decoder/~/logits", "perceiver.decoder.logits")
 
 
 @functools.singledispatch
-def custom_postprocessor(config) -> list[Rule]:
+def custom_postprocessor_rules(config) -> list[Rule]:
     """The leaves of a custom model's output postprocessor of `config`'s type (under its official name)."""
     raise MappingError(f"no conversion rules for the output postprocessor {type(config).__name__}")
 
 
-@custom_postprocessor.register(type(None))
-@custom_postprocessor.register(IdentityPostprocessorConfig)
-def _no_postprocessor_parameters(config) -> list[Rule]:
+@custom_postprocessor_rules.register(type(None))
+@custom_postprocessor_rules.register(IdentityPostprocessorConfig)
+def _no_postprocessor_leaves(config) -> list[Rule]:
     return []
 
 
-@custom_postprocessor.register(ProjectionPostprocessorConfig)
-@custom_postprocessor.register(ClassificationPostprocessorConfig)
-@custom_postprocessor.register(AudioPostprocessorConfig)
+@custom_postprocessor_rules.register(ProjectionPostprocessorConfig)
+@custom_postprocessor_rules.register(ClassificationPostprocessorConfig)
+@custom_postprocessor_rules.register(AudioPostprocessorConfig)
 def _linear_postprocessor(config) -> list[Rule]:
     return linear(f"{config.official_name}/linear", "perceiver.output_postprocessor.linear")
 
 
-@custom_postprocessor.register(ImagePostprocessorConfig)
+@custom_postprocessor_rules.register(ImagePostprocessorConfig)
 def _image_postprocessor(config: ImagePostprocessorConfig) -> list[Rule]:
     return image_postprocessor(config, "image_postprocessor", "perceiver.output_postprocessor")
 
@@ -369,8 +369,8 @@ def _image_postprocessor(config: ImagePostprocessorConfig) -> list[Rule]:
 def custom_perceiver(config: PerceiverConfig) -> list[Rule]:
     """A custom model of the official building set, its modules under their official default names."""
     return [
-        *custom_preprocessor(config.input_preprocessor),
+        *custom_preprocessor_rules(config.input_preprocessor),
         *perceiver_encoder(config.encoder, "perceiver.encoder"),
-        *custom_decoder(config.decoder),
-        *custom_postprocessor(config.output_postprocessor),
+        *custom_decoder_rules(config.decoder),
+        *custom_postprocessor_rules(config.output_postprocessor),
     ]

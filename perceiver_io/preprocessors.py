@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .configs import AudioPreprocessorConfig, ImagePreprocessorConfig, OneHotPreprocessorConfig
+from .configs import AudioPreprocessorConfig, ImagePreprocessorConfig, OneHotPreprocessorConfig, PositionedInputsConfig
 from .conv import Conv2DDownsample, pad_same
 from .errors import ConfigError, InputError
 from .position_encoding import TrainablePositionEncoding, build_position_encoding
@@ -71,7 +71,7 @@ class NetworkInputs(nn.Module):
 
     def __init__(
         self,
-        config: ImagePreprocessorConfig | AudioPreprocessorConfig,
+        config: PositionedInputsConfig,
         feature_channels: int,
         grid: Sequence[int] | None,
         num_dims: int,

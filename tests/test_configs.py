@@ -185,6 +185,12 @@ def test_config_objects_built_in_python_are_checked_when_made():
     assert made.fourier_position_encoding_kwargs == FourierPositionEncodingConfig(num_bands=4)
 
 
+def test_a_custom_flow_decoder_needs_its_output_shape():
+    config = _replaced(BASES["flow"], ("decoder", "output_image_shape"), None)
+    with pytest.raises(ConfigError, match=r"^perceiver.decoder.output_image_shape: a custom model's flow decoder"):
+        parse_config("perceiver", config)
+
+
 def test_a_range_is_the_fields_own_not_its_names():
     @dataclasses.dataclass(frozen=True)
     class OtherConfig(OfficialConfig):

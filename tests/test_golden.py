@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from converters.convert import convert_checkpoint
-from converters.verify import stored_reference, verify_model
+from converters.verify import reference_from_stages, verify_model
 from perceiver_io.registry import RELEASES
 from perceiver_io.serialization import load
 
 from .conftest import Golden
 
 TOLERANCE = 1e-4
+"""Both of each stage's scale (max |official|) and absolute."""
 TASKS = [task for task in RELEASES if task != "multimodal_autoencoding"]  # that one: test_multimodal.py
 
 
@@ -39,10 +40,12 @@ def test_conversion_accounts_for_every_leaf(converted):
 def test_outputs_and_stages_match_official(converted):
     golden, report, model = converted
     official = {**golden.intermediates, **golden.outputs}
-    reference = stored_reference(golden.task, golden.config, golden.inputs, official, "the official outputs")
+    reference = reference_from_stages(golden.task, golden.config, golden.inputs, official, "the official outputs")
     parity = verify_model(model, reference, model_origin=str(report.output), tolerance=TOLERANCE)
     print(parity.table())
     assert parity.passed, parity.table()
+    over = [f"{check.stage} {check.max_abs_error:.3e}" for check in parity.stages if check.max_abs_error > TOLERANCE]
+    assert not over, f"{golden.task}: max abs error over {TOLERANCE}: {over}"  # absolute, as well as relative
     compared = {check.stage for check in parity.stages}
     assert {"encoder_inputs", "encoder_query", "z", "decoder_query", "decoder_outputs", "out"} <= compared
 

@@ -145,8 +145,6 @@ def _classification(config: ClassificationDecoderConfig, scope: Scope, preproces
 @custom_decoder.register(FlowDecoderConfig)
 def _flow(config: FlowDecoderConfig, scope: Scope, preprocessed: Preprocessed, query_mask,
           subsampled_points) -> Decoder:
-    if config.output_image_shape is None:
-        raise ConfigError("a flow decoder needs output_image_shape")
     return flow_decoder(scope, config, config.output_image_shape, preprocessed)
 
 

@@ -22,6 +22,7 @@ from perceiver_io.configs import (
     ImagePreprocessorConfig,
     OfficialConfig,
     OneHotPreprocessorConfig,
+    PositionedInputsConfig,
     ProjectionPostprocessorConfig,
 )
 from perceiver_io.errors import ConfigError
@@ -81,7 +82,7 @@ def _per_frame(fn, x: jax.Array) -> jax.Array:
     return out.reshape(*x.shape[:2], *out.shape[1:])
 
 
-def _with_positions(scope: Scope, module: str, config: ImagePreprocessorConfig | AudioPreprocessorConfig,
+def _with_positions(scope: Scope, module: str, config: PositionedInputsConfig,
                     features: jax.Array) -> Preprocessed:
     """The official `_build_network_inputs`: features [B,*grid,C] flattened to [B,N,C], with a position
     encoding over the grid (deepened by `n_extra_pos_mlp` residual Linears, ReLU between them) concatenated
