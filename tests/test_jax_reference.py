@@ -14,6 +14,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
+from converters.comparison import max_abs_error  # noqa: E402
 from converters.jax_reference import build  # noqa: E402
 from perceiver_io.registry import RELEASES  # noqa: E402
 
@@ -77,7 +78,7 @@ def _load_golden(task):
 
 
 def _max_error(ours, official):
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(official, np.float64))))
+    return max_abs_error(np.asarray(ours), np.asarray(official))
 
 
 def _check_encoder_stages(config, intermediates):
