@@ -173,7 +173,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _verify_parser() -> argparse.ArgumentParser:
-    from .verify import DTYPES
+    from perceiver_io.placement import DTYPES
 
     parser = argparse.ArgumentParser(
         prog="convert-checkpoint verify",
@@ -219,13 +219,12 @@ def _verify_parser() -> argparse.ArgumentParser:
 
 
 def _verify(argv: list[str]) -> int:
+    from perceiver_io.placement import DTYPES, resolve_device
     from perceiver_io.serialization import load, task_of
 
     from .haiku_pickle import load_haiku_checkpoint
     from .parity import jax_available
     from .verify import (
-        DTYPES,
-        check_device,
         compute_reference,
         load_reference,
         read_inputs,
@@ -236,7 +235,7 @@ def _verify(argv: list[str]) -> int:
     )
 
     args = _verify_parser().parse_args(argv)
-    check_device(args.device)
+    resolve_device(args.device)
     if args.tolerance is not None and not args.tolerance > 0:
         raise ConfigError(f"--tolerance must be positive, got {args.tolerance}")
     if args.reference and (args.inputs or args.save_reference):

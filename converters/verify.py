@@ -50,8 +50,6 @@ from .haiku_pickle import HaikuCheckpoint
 from .parity import jax_on_cpu, run_jax_reference, run_torch
 from .stages import flatten, is_output, unflatten
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 REFERENCE_FORMAT = "perceiver-io-reference/1"
 
 
@@ -334,13 +332,6 @@ def full_float32_matmuls() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
-
-
-def check_device(device: str) -> None:
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: PyTorch sees no CUDA device here (torch.cuda.is_available() is False)")
 
 
 def verify_model(

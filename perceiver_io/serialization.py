@@ -17,6 +17,7 @@ from .checkpoint_file import PlannedTensor, checkpoint_metadata, is_safetensors_
 from .configs import OfficialConfig
 from .errors import CheckpointFileError, ConfigError, InputError
 from .inputs import dtype_name
+from .placement import resolve_device, resolve_dtype
 from .registry import TASKS
 from .tasks import build_model, task_of
 
@@ -55,13 +56,14 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
 def load(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     *,
     task: str | None = None,
     config: OfficialConfig | Mapping[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """A model in eval mode on `device` (cast to `dtype` if given), from any of:
+    """A model in eval mode on `device` ('cpu', 'cuda', 'cuda:1', a torch.device), cast to `dtype` if given
+    ('float32', 'bfloat16', 'float16', or the torch dtype), from any of:
 
     - the name of a released checkpoint (`perceiver_io.hub.RELEASES`, e.g. "language_mlm"): the released
       file is downloaded into the cache (`cache_dir`, default `perceiver_io.hub.get_cache_dir()`) and
@@ -71,6 +73,8 @@ def load(
     - an original Haiku checkpoint (any other file, e.g. `.pickle`, `.pystate`, `.npz`), converted in
       memory. It needs `task=`, and `config=` (official keys) unless it has the released configuration.
     """
+    device = resolve_device(device)
+    dtype = None if dtype is None else resolve_dtype(dtype)
     if isinstance(name_or_path, str) and name_or_path in hub.RELEASES:
         if task is not None or config is not None:
             raise ConfigError(f"the released checkpoint {name_or_path!r} has its own task and configuration; "
@@ -89,7 +93,7 @@ def load(
     return model.eval()
 
 
-def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
+def _load_converted(path: Path, target: torch.device) -> nn.Module:
     """Rebuilds a model from a converted checkpoint file alone (task and config are in its header)."""
     metadata = read_metadata(path)
     task = metadata.get("task")
@@ -104,7 +108,6 @@ def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
             model = build_model(task, config)
         except ConfigError as error:
             raise CheckpointFileError(f"{path}: its config is not valid: {error}") from None
-    target = torch.device(device)
     try:  # safetensors places tensors on CPU or CUDA only, and names them "cpu" or "cuda:N"
         with safe_open(path, framework="pt", device=str(target) if target.type == "cuda" else "cpu") as f:
             state_dict = {key: f.get_tensor(key).to(target) for key in f.keys()}
@@ -115,7 +118,7 @@ def _load_converted(path: Path, device: str | torch.device) -> nn.Module:
 
 
 def _load_haiku(
-    path: Path, device: str | torch.device, task: str | None, config: OfficialConfig | Mapping[str, Any] | None
+    path: Path, device: torch.device, task: str | None, config: OfficialConfig | Mapping[str, Any] | None
 ) -> nn.Module:
     """Converts an original Haiku checkpoint in memory (see `converters.convert.convert_tree`)."""
     if not path.exists():

@@ -44,8 +44,9 @@ import torch  # noqa: E402
 
 from converters.haiku_pickle import load_haiku_checkpoint  # noqa: E402
 from converters.parity import jax_available  # noqa: E402
-from converters.verify import DTYPES, compute_reference, load_reference, read_inputs, verify_model  # noqa: E402
+from converters.verify import compute_reference, load_reference, read_inputs, verify_model  # noqa: E402
 from perceiver_io.errors import ConfigError  # noqa: E402
+from perceiver_io.placement import DTYPES  # noqa: E402
 from perceiver_io.registry import TASKS  # noqa: E402
 from perceiver_io.serialization import load  # noqa: E402
 

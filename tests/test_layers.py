@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                        "perceiver_io.task_inputs", "perceiver_io.registry", "perceiver_io.tokenizer"),
     "modules": ("perceiver_io.attention", "perceiver_io.conv", "perceiver_io.position_encoding", "perceiver_io.encoder",
                 "perceiver_io.decoders", "perceiver_io.preprocessors", "perceiver_io.postprocessors",
-                "perceiver_io.perceiver", "perceiver_io.inputs"),
+                "perceiver_io.perceiver", "perceiver_io.inputs", "perceiver_io.placement"),
     "task models": ("perceiver_io.tasks", "perceiver_io.compiled"),
     "conversion": ("perceiver_io.checkpoint_file", "converters.haiku_pickle", "converters.convert", "converters.export",
                    "converters.synthetic", "converters.jax_reference", "converters.parity", "converters.comparison",

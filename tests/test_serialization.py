@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from converters.convert import convert_checkpoint
 from perceiver_io.checkpoint_file import c_contiguous
-from perceiver_io.errors import CheckpointFileError
+from perceiver_io.errors import CheckpointFileError, InputError
 from perceiver_io.pipelines import fill_mask
 from perceiver_io.serialization import load, save
 from perceiver_io.tokenizer import NUM_SPECIAL_TOKENS, BytesTokenizer
@@ -36,9 +36,30 @@ def test_save_and_load_round_trip(converted_path, tmp_path):
         save(model, tmp_path / "tuned.safetensors")
 
 
-def test_load_casts_dtype(converted_path):
-    model = load(converted_path, dtype=torch.float64)
-    assert all(p.dtype == torch.float64 for p in model.parameters())
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), ("bfloat16", torch.bfloat16),
+                                             ("torch.float16", torch.float16), ("bf16", torch.bfloat16),
+                                             ("double", torch.float64)])
+def test_load_casts_dtype(converted_path, dtype, expected):
+    model = load(converted_path, dtype=dtype)
+    assert all(p.dtype == expected for p in model.parameters())
+
+
+@pytest.mark.parametrize("device, dtype, words", [
+    ("gpu", None, "unknown device 'gpu'; use 'cpu', 'cuda', 'cuda:N' or a torch.device"),
+    ("cpu", "bfloat", "unknown dtype 'bfloat'; use one of float32, bfloat16, float16, float64"),
+    ("cpu", torch.int8, "dtype torch.int8 is not one a model computes in"),
+    ("cpu", 16, "dtype must be a torch dtype or its name, got int"),
+])
+def test_a_bad_device_or_dtype_is_refused_before_loading(converted_path, device, dtype, words):
+    with pytest.raises(InputError) as error:
+        load(converted_path, device=device, dtype=dtype)
+    assert str(error.value).startswith(words), error.value
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_a_cuda_device_says_so(converted_path):
+    with pytest.raises(InputError, match=r"^device 'cuda': PyTorch sees no CUDA device here"):
+        load(converted_path, device="cuda")
 
 
 def test_foreign_safetensors_file_is_refused(tmp_path):

@@ -25,7 +25,6 @@ from converters.comparison import DEFAULT_FLOAT32_TOLERANCE, default_tolerance
 from converters.convert import convert_checkpoint
 from converters.haiku_pickle import load_haiku_checkpoint
 from converters.verify import (
-    DTYPES,
     compute_reference,
     first_chunk,
     load_reference,
@@ -37,6 +36,7 @@ from converters.verify import (
 from perceiver_io import hub
 from perceiver_io.attention import MLP
 from perceiver_io.errors import ConfigError
+from perceiver_io.placement import DTYPES
 from perceiver_io.registry import TASKS, parse_config
 from perceiver_io.serialization import load, save
 from perceiver_io.tasks import build_model, task_of
