@@ -1,28 +1,30 @@
-"""`convert-checkpoint`: Haiku checkpoints to PyTorch safetensors files.
+"""`convert-checkpoint`: Haiku checkpoints to PyTorch safetensors files, and back; parity with JAX.
 
-    convert-checkpoint SRC -o DST [--task TASK] [--config CONFIG.json] [--force]
-    convert-checkpoint --example [-o DST] [--force]
-    convert-checkpoint --download --task TASK [-o DST] [--config CONFIG.json] [--force]
-    convert-checkpoint --list
+    convert-checkpoint [convert] SRC -o DST [--task TASK] [--config CONFIG.json] [--force]
+    convert-checkpoint example [-o DST] [--force]
+    convert-checkpoint download TASK [-o DST] [--config CONFIG.json] [--force]
+    convert-checkpoint list
     convert-checkpoint verify [SRC] [--task TASK] [--config CONFIG.json] [--converted FILE.safetensors]
                        [--inputs INPUTS.npz] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
                        [--tolerance T] [--json] [--save-reference REF.npz [--force]]
                        [--reference REF.npz | --jax-outputs OUT.npz | --haiku-fn MODULE:FUNCTION]
-    convert-checkpoint export SRC.safetensors -o DST.pickle|DST.npz [--force]
+    convert-checkpoint export SRC.safetensors -o DST.pickle|DST.pystate|DST.npz [--force]
+    convert-checkpoint --version
 
-The second form is the project's main job on the small checkpoint that ships with it: convert, load,
-run, and print the parity against the official JAX outputs and the JAX reference. The third fetches
-the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it there.
-The fourth lists the released checkpoints and what the cache holds of them. The fifth runs a JAX
-reference (the project's, the user's own outputs or Haiku function, or a saved one) and the PyTorch model
-on the same inputs and reports the error of every stage (`converters.verify`); it exits 1 when a stage is
-over tolerance. The sixth writes a converted (or
+`convert` is the default command: a first argument that is not a command is its SRC. `example` is the
+project's main job on the small checkpoint that ships with it: convert, load, run, and print the parity,
+stage by stage, against the official JAX outputs and intermediates and the JAX reference. `download`
+fetches the released checkpoint of TASK into the cache (`perceiver_io.hub`) and, given -o, converts it.
+`list` shows the released checkpoints and what the cache holds of them. `verify` runs a JAX reference (the
+project's, the user's own outputs or Haiku function, or a saved one) and the PyTorch model on the same
+inputs and reports the error of every stage (`converters.verify`). `export` writes a converted (or
 fine-tuned) model back as a Haiku checkpoint, in the released pickle format or as npz (`converters.export`).
+The flags of earlier versions, `--example`, `--download --task TASK` and `--list`, still name their commands.
 
-Exit status: 0 done, 1 a verify stage over tolerance (or a failed --example parity), 2 bad input (a
-missing, unreadable or corrupt file, a wrong task or config, no memory), 130 interrupted (Ctrl-C).
-SIGTERM and SIGHUP stop the command through the same clean-up as Ctrl-C, so no temporary file is left
-behind; they exit 143 and 129 (128 + the signal's number).
+Exit status: 0 done, 1 a verify or example stage over tolerance, 2 bad input (a missing, unreadable or
+corrupt file, a wrong task or config, an unknown command, no memory), 130 interrupted (Ctrl-C). SIGTERM and
+SIGHUP stop the command through the same clean-up as Ctrl-C, so no temporary file is left behind; they
+exit 143 and 129 (128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -50,33 +52,57 @@ TASK_CHOICES = list(TASKS)
 EXAMPLE_TASK = "language_mlm"
 EXAMPLE_CHECKPOINT = "language_perceiver_io_bytes.pickle"
 EXAMPLE_OUTPUT = Path("pytorch_checkpoints/language_mlm_example.safetensors")
+CONVERTED = (".safetensors",)
+"""The suffix of every converted file this command writes."""
 
 
 def _parser() -> argparse.ArgumentParser:
+    import perceiver_io
+
     parser = argparse.ArgumentParser(
         prog="convert-checkpoint",
-        description="Convert a Haiku (JAX) Perceiver IO checkpoint to a PyTorch safetensors file.",
-        epilog="To check a conversion against a JAX reference, stage by stage: convert-checkpoint verify --help",
+        description="Convert Haiku (JAX) Perceiver IO checkpoints to PyTorch safetensors files and back, and "
+        "check a conversion against JAX, stage by stage.",
+        epilog="convert is the default command: convert-checkpoint SRC -o DST --task TASK. Each command has its "
+        "own --help, e.g. convert-checkpoint verify --help.",
     )
-    parser.add_argument("source", nargs="?", help="Haiku checkpoint: .pickle/.pystate (released format) or .npz")
-    parser.add_argument("-o", "--output", help="the safetensors file to write")
-    parser.add_argument("--task", choices=TASK_CHOICES,
-                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(ported())})")
-    parser.add_argument("--config", help="JSON file with the model's configuration in the official colab keys "
-                        "(default: the task's released configuration)")
-    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--example", action="store_true",
-                      help="convert the small language checkpoint that ships with the project, run it, and "
-                      "print its parity, stage by stage, with the official JAX outputs and intermediates and, "
-                      "when jax is installed, with the JAX reference")
-    mode.add_argument("--download", action="store_true",
-                      help="fetch the released checkpoint of --task into the cache (PERCEIVER_IO_CACHE, default "
-                      "~/.cache/perceiver_io); with -o, convert it to DST")
-    mode.add_argument("--list", action="store_true",
-                      help="list the released checkpoints, their sizes, and which are downloaded and converted "
-                      "in the cache")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {perceiver_io.__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    for name, (summary, add_arguments, _) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}."))
     return parser
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the Haiku checkpoint: .pickle/.pystate (released format) or "
+                        ".npz with flat module/leaf keys")
+    parser.add_argument("-o", "--output", metavar="DST", required=True, help="the .safetensors file to write")
+    parser.add_argument("--task", choices=TASK_CHOICES, required=True,
+                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(ported())})")
+    _config_and_force(parser)
+
+
+def _config_and_force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="CONFIG.json", help="the model's configuration in the official colab "
+                        "keys (default: the task's released configuration)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def _example_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", metavar="DST", default=str(EXAMPLE_OUTPUT),
+                        help=f"the .safetensors file to write (default {EXAMPLE_OUTPUT})")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", metavar="TASK", choices=list(hub.RELEASES),
+                        help=f"the released checkpoint: {', '.join(hub.RELEASES)}")
+    parser.add_argument("-o", "--output", metavar="DST", help="also convert it to this .safetensors file")
+    _config_and_force(parser)
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    """`list` takes no arguments."""
 
 
 def _read_config(path: str | None):
@@ -92,12 +118,16 @@ def _read_config(path: str | None):
         raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
 
 
-def _output_path(text: str, option: str = "-o") -> Path:
-    """The file to write; a path ending in a separator names a folder, which is refused."""
+def _output_path(text: str, suffixes: tuple[str, ...], option: str = "-o") -> Path:
+    """The file to write, whose suffix must be one of `suffixes` (what is written there is of that format);
+    a path ending in a separator names a folder, which is refused."""
     if text.endswith(("/", os.sep)):
         raise ConfigError(f"{option} {text} ends with a separator, so it names a folder; give the path of the "
                           "file to write")
-    return Path(text)
+    path = Path(text)
+    if path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{option} {text}: the file written is {' or '.join(suffixes)}; give a name ending so")
+    return path
 
 
 def _print_report(report: ConversionReport) -> None:
@@ -108,13 +138,14 @@ def _print_report(report: ConversionReport) -> None:
     )
 
 
-def _run_example(output: Path, force: bool) -> int:
+def _example(args: argparse.Namespace) -> int:
     from perceiver_io.serialization import load
 
     from .haiku_pickle import load_haiku_checkpoint
     from .parity import jax_available
     from .verify import compute_reference, reference_from_stages, verify_model
 
+    output, force = _output_path(args.output, CONVERTED), args.force
     example = resources.files("converters") / "examples" / EXAMPLE_TASK
     with resources.as_file(example) as folder:
         config = json.loads((folder / "reduced_config.json").read_text())
@@ -139,10 +170,18 @@ def _run_example(output: Path, force: bool) -> int:
     return 0 if all(parity.passed for parity in reports) else 1
 
 
-def _list_releases() -> int:
+def _downloaded(path: Path, approx_bytes: int) -> str:
+    """'yes' for a cached file of about the release's size (within 5%), its size with a '?' for another."""
+    if not path.exists():
+        return "no"
+    size = path.stat().st_size
+    return "yes" if abs(size / approx_bytes - 1) <= 0.05 else f"{size / 1e6:.1f} MB?"
+
+
+def _list(args: argparse.Namespace) -> int:
     print(f"{'name':25s} {'file':44s} {'size':>8s}  {'downloaded':10s} {'converted':9s} use with")
     for name, release in hub.RELEASES.items():
-        downloaded = "yes" if hub.original_path(name).exists() else "no"
+        downloaded = _downloaded(hub.original_path(name), release.approx_bytes)
         converted = "yes" if hub.converted_path(name).exists() else "no"
         spec = TASKS[name]
         use = (spec.pipeline or spec.model).replace(":", ".") if spec.model else "not ported yet"
@@ -153,16 +192,12 @@ def _list_releases() -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    if args.source:
-        raise ConfigError("--download takes no SRC: it fetches the released checkpoint of --task")
-    if not args.task:
-        raise ConfigError(f"--download needs --task; one of {', '.join(hub.RELEASES)}")
     if args.config and not args.output:
         raise ConfigError("--config is for the conversion: give -o DST too")
     if args.output and not hub.is_ported(args.task):
         raise ConfigError(f"the {args.task} model is not ported to PyTorch yet, so its checkpoint cannot be "
-                          "converted; run --download without -o to fetch the original file only")
-    output = _output_path(args.output) if args.output else None
+                          "converted; run download without -o to fetch the original file only")
+    output = _output_path(args.output, CONVERTED) if args.output else None
     config = _read_config(args.config)
     original = hub.download(args.task)
     print(f"{args.task}: {original}")
@@ -172,19 +207,17 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_parser() -> argparse.ArgumentParser:
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     from perceiver_io.placement import DTYPES
 
-    parser = argparse.ArgumentParser(
-        prog="convert-checkpoint verify",
-        description="Run a JAX reference and the PyTorch model on the same inputs, and report for every stage the "
-        "max abs error, the error relative to the stage's scale, and the first stage over tolerance. The reference "
-        "is the project's JAX reference run on --config (default), which proves the conversion computes what the "
+    parser.description = (
+        "Run a JAX reference and the PyTorch model on the same inputs, and report for every stage the max abs "
+        "error, the error relative to the stage's scale, and the first stage over tolerance. The reference is the "
+        "project's JAX reference run on --config (default), which proves the conversion computes what the "
         "official modules compute under that configuration; a configuration that keeps every shape but changes "
         "the numbers is caught only against your own outputs (--jax-outputs) or your own Haiku code (--haiku-fn). "
-        "Exit status: 0 all within tolerance, 1 over tolerance, 2 bad input.",
-    )
-    parser.add_argument("source", nargs="?",
+        "Exit status: 0 all within tolerance, 1 over tolerance, 2 bad input.")
+    parser.add_argument("source", nargs="?", metavar="SRC",
                         help="the Haiku checkpoint: a released name (" + ", ".join(hub.RELEASES) + "; downloaded "
                         "into the cache if needed) or a .pickle/.pystate/.npz file")
     parser.add_argument("--task", choices=TASK_CHOICES, help="the checkpoint's model (required for a file, unless "
@@ -215,10 +248,9 @@ def _verify_parser() -> argparse.ArgumentParser:
     reference.add_argument("--haiku-fn", metavar="MODULE:FUNCTION",
                            help="run your own Haiku forward function (package.module:function or file.py:function; "
                            "hk.transform-able, called with the inputs as keyword arguments) on SRC as the reference")
-    return parser
 
 
-def _verify(argv: list[str]) -> int:
+def _verify(args: argparse.Namespace) -> int:
     from perceiver_io.placement import DTYPES, resolve_device
     from perceiver_io.serialization import load, task_of
 
@@ -234,7 +266,6 @@ def _verify(argv: list[str]) -> int:
         verify_model,
     )
 
-    args = _verify_parser().parse_args(argv)
     resolve_device(args.device)
     if args.tolerance is not None and not args.tolerance > 0:
         raise ConfigError(f"--tolerance must be positive, got {args.tolerance}")
@@ -246,7 +277,7 @@ def _verify(argv: list[str]) -> int:
     if not (args.source or args.converted or args.reference):
         raise ConfigError("give SRC, the Haiku checkpoint (or --converted FILE.safetensors with --reference REF.npz "
                           "or --jax-outputs OUT.npz)")
-    save_to = _output_path(args.save_reference, "--save-reference") if args.save_reference else None
+    save_to = _output_path(args.save_reference, (".npz",), "--save-reference") if args.save_reference else None
     if save_to:
         check_output(save_to, args.force)
     config = _read_config(args.config)
@@ -315,50 +346,76 @@ def _verify(argv: list[str]) -> int:
     return 0 if report.passed else 1
 
 
-def _export(argv: list[str]) -> int:
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write a converted PyTorch checkpoint back as a Haiku checkpoint (released pickle format, "
+                          "or npz for a .npz output) that the Haiku code loads as it loads the released files.")
+    parser.add_argument("source", metavar="SRC", help="a .safetensors file written by convert-checkpoint or "
+                        "perceiver_io.save")
+    parser.add_argument("-o", "--output", metavar="DST", required=True,
+                        help="the Haiku checkpoint to write (.pickle, .pystate or .npz)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from perceiver_io.checkpoint_file import is_safetensors_file
     from perceiver_io.serialization import load
 
     from .export import export_haiku_checkpoint
 
-    parser = argparse.ArgumentParser(
-        prog="convert-checkpoint export",
-        description="Write a converted PyTorch checkpoint back as a Haiku checkpoint (released pickle format, "
-        "or npz for a .npz output) that the Haiku code loads as it loads the released files.",
-    )
-    parser.add_argument("source", help="a safetensors file written by convert-checkpoint or perceiver_io.save")
-    parser.add_argument("-o", "--output", required=True, help="the Haiku checkpoint to write (.pickle/.pystate/.npz)")
-    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    args = parser.parse_args(argv)
-    output = _output_path(args.output)
+    output = _output_path(args.output, (".pickle", ".pystate", ".npz"))
     check_output(output, args.force)
+    if Path(args.source).is_file() and not is_safetensors_file(Path(args.source)):
+        raise ConfigError(f"{args.source} is not a converted .safetensors file; export takes one (convert a Haiku "
+                          "checkpoint with: convert-checkpoint SRC -o DST.safetensors --task TASK)")
     model = load(args.source)
     path = export_haiku_checkpoint(model, output, overwrite=args.force)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0
 
 
-def _convert(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    if args.list:
-        if args.source or args.output or args.task or args.config:
-            raise ConfigError("--list takes no SRC, -o, --task or --config")
-        return _list_releases()
-    if args.download:
-        return _download(args)
-    if args.example:
-        if args.source or args.task or args.config:
-            raise ConfigError("--example takes no SRC, --task or --config")
-        return _run_example(_output_path(args.output) if args.output else EXAMPLE_OUTPUT, args.force)
-    if not args.source or not args.output:
-        _parser().print_usage(sys.stderr)
-        raise ConfigError("SRC and -o DST are required (or --example)")
-    if not args.task:
-        raise ConfigError(f"--task is required; one of {', '.join(TASKS)}")
-    output = _output_path(args.output)
-    config = _read_config(args.config)
-    report = convert_checkpoint(args.source, output, args.task, config, args.force)
+def _convert(args: argparse.Namespace) -> int:
+    output = _output_path(args.output, CONVERTED)
+    report = convert_checkpoint(args.source, output, args.task, _read_config(args.config), args.force)
     _print_report(report)
     return 0
+
+
+COMMANDS = {
+    "convert": ("convert a Haiku checkpoint to a PyTorch safetensors file (the default command)", _convert_arguments,
+                _convert),
+    "verify": ("check a PyTorch conversion against a JAX reference, stage by stage", _verify_arguments, _verify),
+    "export": ("write a converted or fine-tuned model back as a Haiku checkpoint", _export_arguments, _export),
+    "download": ("fetch a released checkpoint into the cache, and convert it with -o", _download_arguments,
+                 _download),
+    "list": ("list the released checkpoints and what the cache holds of them", _list_arguments, _list),
+    "example": ("convert the small checkpoint shipped with the project and check its parity with JAX",
+                _example_arguments, _example),
+}
+"""Each command: its summary, what adds its arguments to its parser, and what runs it."""
+
+LEGACY_FLAGS = {"--example": "example", "--list": "list", "--download": "download"}
+"""The flags that named these commands in earlier versions (`--download --task TASK` too)."""
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """`argv` with its command first: a legacy flag becomes its command, and a first argument that is no
+    command is the SRC of `convert`. A first word that is neither a command nor a file is refused, so a
+    mistyped command is named as such."""
+    if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version"):
+        return argv
+    flags = [flag for flag in LEGACY_FLAGS if flag in argv]
+    if len(flags) > 1:
+        raise ConfigError(f"{' and '.join(flags)} are different commands; give one")
+    if flags:
+        rest = [argument for argument in argv if argument != flags[0]]
+        if flags[0] == "--download" and "--task" in rest[:-1]:
+            at = rest.index("--task")
+            rest = [rest[at + 1], *rest[:at], *rest[at + 2:]]
+        return [LEGACY_FLAGS[flags[0]], *rest]
+    first = argv[0]
+    if not first.startswith("-") and not Path(first).suffix and os.sep not in first and not Path(first).exists():
+        raise ConfigError(f"{first!r} is neither a command ({', '.join(COMMANDS)}) nor a checkpoint file")
+    return ["convert", *argv]
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -377,15 +434,17 @@ def _message(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv[:1] in (["export"], ["verify"]) else None
-    program = f"convert-checkpoint {command}" if command else "convert-checkpoint"
     signals = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Python handles signals
     previous = {signum: signal.signal(signum, _stop) for signum in signals} if in_main_thread else {}
+    program = f"convert-checkpoint {argv[0]}" if argv[:1] and argv[0] in COMMANDS else "convert-checkpoint"
     try:
-        if command:
-            return {"export": _export, "verify": _verify}[command](argv[1:])
-        return _convert(argv)
+        argv = _with_command(argv)
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            _parser().print_help(sys.stderr)
+            return 2
+        return COMMANDS[args.command][2](args)
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         return 130

@@ -29,12 +29,29 @@ _EXPORTS = {
     "reconstruct_video": "perceiver_io.pipelines",
     "RELEASES": "perceiver_io.registry",
     "download": "perceiver_io.hub",
+    "tiled_flow": "perceiver_io.flow",
+    "flow_between_files": "perceiver_io.flow",
 }
 
-__all__ = sorted(_EXPORTS)
+DISTRIBUTION = "perceiver-io-port"
+"""The name this package is installed under (pyproject.toml)."""
+
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "0+unknown"
     if name not in _EXPORTS:
         raise AttributeError(f"module 'perceiver_io' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    """The public names too, though they are imported on first use (tab completion, `dir`)."""
+    return sorted({*globals(), *__all__})

@@ -95,7 +95,7 @@ class TaskSpec:
                 raise ConfigError(f"task {self.name!r} has no released configuration; pass --config (official keys)")
             return self.released_config
         if isinstance(config, Mapping):
-            config = self.config_type.from_official(config)
+            config = self.config_type.from_official(config, self.name)  # errors name the task's keys
         if not isinstance(config, self.config_type):
             raise ConfigError(f"a {self.name} config must be a {self.config_type.__name__} or a dict, got "
                               f"{type(config).__name__}")

@@ -83,9 +83,9 @@ def _replaced(config: dict, path: tuple, value) -> dict:
 
 
 def _where(task: str, path: tuple) -> str:
-    """The key path as errors name it: official keys joined by dots, list positions in brackets."""
+    """The key path as errors name it: the task, then official keys joined by dots, list positions in brackets."""
     keys = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path)
-    return TASKS[task].config_type.official_name + keys
+    return task + keys
 
 
 @pytest.mark.parametrize("task", RELEASED)

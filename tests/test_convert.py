@@ -13,7 +13,7 @@ import torch
 from converters.cli import main
 from converters.convert import convert_checkpoint, convert_tree, export_tree
 from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
-from perceiver_io.errors import CheckpointFormatError, MappingError, UnsafePickleError
+from perceiver_io.errors import CheckpointFormatError, ConversionError, MappingError, UnsafePickleError
 from perceiver_io.serialization import load
 
 from .conftest import GOLDEN
@@ -216,5 +216,7 @@ def test_the_source_itself_is_never_the_output(golden_language, workdir, capsys)
     source.write_bytes(golden_language.checkpoint.read_bytes())
     for output in (source, workdir / "src" / "." / "model.pickle"):
         code = main([str(source), "-o", str(output), "--task", "language_mlm", "--force"])
-        assert code == 2 and "is the source checkpoint" in capsys.readouterr().err
+        assert code == 2 and "the file written is .safetensors" in capsys.readouterr().err
+        with pytest.raises(ConversionError, match="is the source checkpoint"):
+            convert_checkpoint(source, output, "language_mlm", overwrite=True)
     assert source.read_bytes() == golden_language.checkpoint.read_bytes()

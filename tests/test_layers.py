@@ -30,9 +30,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
                    "converters.synthetic", "converters.jax_reference", "converters.parity", "converters.comparison",
                    "converters.verify"),
     "user-facing": ("perceiver_io.serialization", "perceiver_io.hub", "perceiver_io.images", "perceiver_io.pipelines",
-                    "perceiver_io.flow", "converters.cli", "perceiver_io", "converters"),
+                    "perceiver_io.flow", "converters.cli", "perceiver_io", "perceiver_io.__main__", "converters"),
 }
-"""Bottom to top. A package listed (`converters.jax_reference`) holds its submodules too."""
+"""Bottom to top, each module by name; a package of SUBPACKAGES holds its submodules too."""
+
+SUBPACKAGES = ("converters.jax_reference",)
 
 TORCH_FREE = ("perceiver_io.registry", "perceiver_io.checkpoint_file", "perceiver_io.tokenizer", "perceiver_io.hub",
               "converters.convert", "converters.haiku_pickle", "converters.synthetic")
@@ -76,7 +78,7 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 def layer_of(module: str) -> int:
     for index, members in enumerate(LAYERS.values()):
-        if any(module == member or module.startswith(f"{member}.") for member in members):
+        if any(module == member or (member in SUBPACKAGES and module.startswith(f"{member}.")) for member in members):
             return index
     raise KeyError(module)
 
