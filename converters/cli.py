@@ -357,7 +357,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from perceiver_io.checkpoint_file import is_safetensors_file
+    from perceiver_io.checkpoint_file import HAIKU_LAYOUT, is_safetensors_file, read_metadata
     from perceiver_io.serialization import load
 
     from .export import export_haiku_checkpoint
@@ -368,7 +368,9 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.source} is not a converted .safetensors file; export takes one (convert a Haiku "
                           "checkpoint with: convert-checkpoint SRC -o DST.safetensors --task TASK)")
     model = load(args.source)
-    path = export_haiku_checkpoint(model, output, overwrite=args.force)
+    layout = read_metadata(Path(args.source)).get("haiku_layout")  # None in a file saved by perceiver_io.save
+    container = {name: flag for flag, name in HAIKU_LAYOUT.items()}.get(layout)
+    path = export_haiku_checkpoint(model, output, overwrite=args.force, container=container)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0
 

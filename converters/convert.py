@@ -32,7 +32,14 @@ import numpy as np
 from perceiver_io import mapping
 from perceiver_io.atomic import atomic_output, check_output
 from perceiver_io.cache import get_cache_dir
-from perceiver_io.checkpoint_file import LateValue, PlannedTensor, c_contiguous, checkpoint_metadata, write_checkpoint
+from perceiver_io.checkpoint_file import (
+    HAIKU_LAYOUT,
+    LateValue,
+    PlannedTensor,
+    c_contiguous,
+    checkpoint_metadata,
+    write_checkpoint,
+)
 from perceiver_io.configs import OfficialConfig
 from perceiver_io.errors import ConversionError, MappingError
 from perceiver_io.registry import get_task, parse_config
@@ -239,7 +246,8 @@ def convert_checkpoint(
     tensors = plan_conversion(checkpoint, task, config)
     state_keys = {rule.torch_key for rule in get_task(task).conversion_rules(config) if rule.collection == "state"}
     sizes = {t.name: int(np.prod(t.shape, dtype=np.int64)) for t in tensors}
-    metadata: dict[str, str | LateValue] = checkpoint_metadata(task, config.to_json())
+    metadata: dict[str, str | LateValue] = checkpoint_metadata(
+        task, config.to_json(), haiku_layout=HAIKU_LAYOUT[checkpoint.container])
     if checkpoint.source:
         metadata["source_sha256"] = LateValue(64, lambda: checkpoint.sha256)  # hashed meanwhile
         metadata["source_file"] = Path(checkpoint.source).name

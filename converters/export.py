@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from perceiver_io.errors import InputError
 from perceiver_io.tasks import task_of
 
 from .convert import HaikuTree, export_tree
@@ -25,14 +26,21 @@ def model_to_haiku(model: nn.Module) -> tuple[str, HaikuTree, HaikuTree]:
     return task, params, state
 
 
-def export_haiku_checkpoint(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_haiku_checkpoint(model: nn.Module, path: str | os.PathLike, overwrite: bool = False, *,
+                            container: bool | None = None) -> Path:
     """Writes `model` as a Haiku checkpoint: `.npz` (keys `params/<module>/<leaf>`, `state/...`) or, for
-    any other suffix, a pickle in the released format (bare params, or `{'params', 'state'}` when the
-    model has state, as the ImageNet files). Atomic; an existing file is kept unless `overwrite`."""
+    any other suffix, a pickle in the released format: `{'params': ..., 'state': ...}` when `container` (the
+    layout of the checkpoint it was converted from, which `convert-checkpoint export` reads from the
+    converted file), bare params when not; by default the container only for a model with state, as the
+    released files are. Atomic; an existing file is kept unless `overwrite`."""
     path = Path(path)
     _, params, state = model_to_haiku(model)
     if path.suffix == ".npz":
         save_haiku_npz(path, params, state, overwrite=overwrite)
     else:
-        save_haiku_pickle(path, params, state or None, overwrite=overwrite)
+        if container is False and state:
+            raise InputError(f"{path}: the model has state ({len(state)} modules), which bare params cannot hold; "
+                             "export it with container=True")
+        with_state = bool(state) if container is None else container
+        save_haiku_pickle(path, params, state if with_state else None, overwrite=overwrite)
     return path

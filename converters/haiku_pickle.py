@@ -72,12 +72,15 @@ class HaikuCheckpoint:
     `state` is `{}` when the source has none (every released checkpoint but the ImageNet ones).
     `source` is the file path and `sha256` the hex digest of the file's bytes; both are None for a tree
     that was already in memory. `digest` is what computes the sha256 (anything with `hexdigest()`).
+    `container` says whether the source held `{'params': ..., 'state': ...}` rather than bare params (an
+    npz file always holds both parts), so that an export can give the user's layout back.
     """
 
     params: Tree = field(repr=False)
     state: Tree = field(repr=False)
     source: str | None
     digest: Any = field(default=None, repr=False)
+    container: bool = False
 
     @property
     def sha256(self) -> str | None:
@@ -259,8 +262,8 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
     (bfloat16 included). Big-endian leaves become native.
     """
     if isinstance(source, Mapping):
-        params, state = _split_params_and_state(source, "the in-memory Haiku tree")
-        return HaikuCheckpoint(params=params, state=state, source=None)
+        params, state, container = _split_params_and_state(source, "the in-memory Haiku tree")
+        return HaikuCheckpoint(params=params, state=state, source=None, container=container)
     if not isinstance(source, (str, os.PathLike)):
         raise InputTypeError(f"expected a file path or a mapping of Haiku params, got a {type(source).__name__}")
     path = os.fspath(source)
@@ -280,17 +283,18 @@ def load_haiku_checkpoint(source: str | os.PathLike | Mapping) -> HaikuCheckpoin
             data = file.read()
             digest = hashlib.sha256(data)
             params, state = _read_npz(data, path)
+            container = True
         else:
             _check_pickle_header(head, path)
             data = _mapped(file, size)
             digest = _BufferDigest(data, path)
             try:
                 tree = _unpickle(data, path)
-                params, state = _split_params_and_state(tree, path)
+                params, state, container = _split_params_and_state(tree, path)
             except BaseException:
                 digest.cancel()
                 raise
-    return HaikuCheckpoint(params=params, state=state, source=path, digest=digest)
+    return HaikuCheckpoint(params=params, state=state, source=path, digest=digest, container=container)
 
 
 def save_haiku_pickle(
@@ -563,21 +567,22 @@ def _read_npz(data: bytes, path: str) -> tuple[Tree, Tree]:
             _validated_tree(trees["state"], path, "state", allow_empty=True))
 
 
-def _split_params_and_state(tree: Any, where: str) -> tuple[Tree, Tree]:
-    """Bare params, or the `{'params': ..., 'state': ...}` container, as validated (params, state)."""
+def _split_params_and_state(tree: Any, where: str) -> tuple[Tree, Tree, bool]:
+    """Bare params, or the `{'params': ..., 'state': ...}` container, as validated (params, state, whether
+    it was the container)."""
     if not isinstance(tree, Mapping):
         raise CheckpointFormatError(
             f"{where}: the top level is {_described(tree)}, expected a mapping {_EXPECTED_LAYOUT}"
         )
     if "params" not in tree and "state" not in tree:
-        return _validated_tree(tree, where, "params"), {}
+        return _validated_tree(tree, where, "params"), {}, False
     if set(tree) - {"params", "state"} or "params" not in tree:
         raise CheckpointFormatError(
             f"{where}: a {{'params': ..., 'state': ...}} container must hold 'params' and may hold 'state', "
             f"nothing else; found keys {sorted(tree, key=str)}. Pass bare params or exactly that container"
         )
     return (_validated_tree(tree["params"], where, "params"),
-            _validated_tree(tree.get("state", {}), where, "state", allow_empty=True))
+            _validated_tree(tree.get("state", {}), where, "state", allow_empty=True), True)
 
 
 def _validated_tree(tree: Any, where: str, part: str, allow_empty: bool = False) -> Tree:

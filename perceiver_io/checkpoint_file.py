@@ -27,6 +27,9 @@ from .errors import CheckpointFileError
 
 FORMAT_NAME = "perceiver_io"
 FORMAT_VERSION = "1"
+HAIKU_LAYOUT = {False: "params", True: "params_and_state"}
+"""The `haiku_layout` a conversion records: whether its source held bare params or the
+`{'params': ..., 'state': ...}` container (an export gives that layout back)."""
 WRITE_BACK_BYTES = 64 << 20
 TRANSPOSE_PANEL_ROWS = 64
 

@@ -173,6 +173,20 @@ def test_cli_export_writes_back_the_original_tree(golden_language, language_tree
         assert "--force" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("container", [False, True])
+def test_cli_export_gives_back_the_layout_of_the_source(golden_language, language_tree, workdir, capsys, container):
+    """A checkpoint saved as `{'params': ..., 'state': {}}` comes back so (the user's `ckpt['params']` works), and
+    bare params come back bare."""
+    source = workdir / "src" / "model.pickle"
+    save_haiku_pickle(source, language_tree, {} if container else None)
+    converted = workdir / "model.safetensors"
+    convert_checkpoint(source, converted, "language_mlm", golden_language.config)
+    exported = workdir / "back.pickle"
+    assert main(["export", str(converted), "-o", str(exported)]) == 0, capsys.readouterr().err
+    back = load_haiku_checkpoint(exported)
+    assert back.container is container and set(back.params) == set(language_tree) and back.state == {}
+
+
 def _save_npz(path, tree, dtypes=None):
     """`tree` as an npz file with the documented keys, each leaf cast to `dtypes.get(key, its dtype)`."""
     dtypes = dtypes or {}
