@@ -2,33 +2,52 @@
 
 `tiled_flow` cuts the frame pair into tiles of the model's training size that overlap by at least
 `min_overlap` pixels (the last row and column of tiles flush with the frame's edges), runs the tiles in
-batches, and blends their flows with weights min(x+1, W-x, y+1, H-y) that fall off towards each tile's
-border (the colab's `compute_grid_indices` and `compute_optical_flow`). Frames smaller than a tile are
-refused: the model only sees its training size.
+batches, and blends their flows with weights that fall off towards each tile's border, counted from 1 at
+the border (the colab's `compute_grid_indices` and `compute_optical_flow`). Unlike the colab, a tile's
+weight does not fall off towards a side on the frame's edge, where no other tile takes over: the colab's
+weights there make the blend jump from one tile to an even mix of two (a seam along the frame's edges).
+Frames smaller than a tile are refused: the model only sees its training size.
 """
 
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .atomic import atomic_output, check_output
-from .errors import InputError
-from .images import rgb_pixels
+from .errors import InputError, InputTypeError
+from .images import check_range, integer_pixels, pillow, rgb_pixels
+from .pipelines import check_count, check_model
 from .tasks import OpticalFlow
 
+COLAB_MIN_OVERLAP = 20
+"""The colab's overlap of tiles, in pixels (for its 368x496 tiles)."""
 
-def tile_origins(image_shape: tuple[int, int], tile_size: tuple[int, int], min_overlap: int = 20) -> list[tuple[int, int]]:
+
+def default_min_overlap(tile_size: tuple[int, int]) -> int:
+    """The colab's overlap (20 pixels), or a third of the tile's shorter side for a tile too small for it."""
+    return min(COLAB_MIN_OVERLAP, min(tile_size) // 3)
+
+
+def tile_origins(
+    image_shape: tuple[int, int], tile_size: tuple[int, int], min_overlap: int | None = None
+) -> list[tuple[int, int]]:
     """Top-left corners (y, x) of the tiles covering an image, row by row (official `compute_grid_indices`:
     a tile every tile - min_overlap pixels, the last flush with the edge). Where the official rule would
-    also let an earlier tile run past the edge (and fail), that tile is moved flush with the edge too."""
+    also let an earlier tile run past the edge (and fail), that tile is moved flush with the edge too.
+    `min_overlap` defaults to `default_min_overlap(tile_size)`."""
     height, width = image_shape
-    if not 0 <= min_overlap < min(tile_size):
-        raise InputError(f"min_overlap ({min_overlap}) must be in [0, {min(tile_size)}): the tile size is {tuple(tile_size)}")
+    min_overlap = default_min_overlap(tile_size) if min_overlap is None else min_overlap
+    integral = isinstance(min_overlap, numbers.Integral) and not isinstance(min_overlap, bool)
+    if not integral or not 0 <= min_overlap < min(tile_size):
+        raise InputError(f"min_overlap ({min_overlap!r}) must be an integer in [0, {min(tile_size)}): the tile size is "
+                         f"{tuple(tile_size)}")
     if height < tile_size[0] or width < tile_size[1]:
         raise InputError(
             f"frames of {height}x{width} are smaller than the model's {tile_size[0]}x{tile_size[1]} tile; "
@@ -39,10 +58,30 @@ def tile_origins(image_shape: tuple[int, int], tile_size: tuple[int, int], min_o
     return list(itertools.product(ys, xs))
 
 
-def tile_weights(tile_size: tuple[int, int]) -> np.ndarray:
-    """Blending weights [h, w]: the distance, counted from 1, to the nearest tile border."""
-    ys, xs = np.meshgrid(np.arange(tile_size[0]), np.arange(tile_size[1]), indexing="ij")
-    return np.minimum(np.minimum(xs + 1, tile_size[1] - xs), np.minimum(ys + 1, tile_size[0] - ys)).astype(np.float32)
+def tile_weights(tile_size: tuple[int, int], falloff: tuple[bool, bool, bool, bool] = (True,) * 4) -> np.ndarray:
+    """Blending weights [h, w]: the distance, counted from 1, to the nearest of the tile's sides (top,
+    bottom, left, right) whose `falloff` is True; 1 everywhere when none is."""
+    height, width = tile_size
+    rows, columns = np.arange(height)[:, None], np.arange(width)[None, :]
+    distances = (rows + 1, height - rows, columns + 1, width - columns)
+    weights = np.full(tile_size, np.inf)
+    for distance, falls in zip(distances, falloff):
+        if falls:
+            weights = np.minimum(weights, distance)
+    return np.where(np.isinf(weights), 1, weights).astype(np.float32)
+
+
+def model_frame(name: str, frame) -> np.ndarray:
+    """A frame as the flow model takes it, float32 in [-1,1]: integer pixels (uint8 0-255, uint16
+    0-65535) become x/255*2-1 as in the colab; float frames must already be in [-1,1]."""
+    array = np.asarray(frame)
+    if array.dtype.kind in "ui":
+        return integer_pixels(name, array) / 255 * 2 - 1
+    if array.dtype.kind != "f":
+        raise InputTypeError(f"{name} is {array.dtype}: expected a float frame in [-1,1] or uint8 pixels")
+    array = array.astype(np.float32)
+    check_range(name, array, -1, 1, " (x/255*2-1, as read_frame gives; or pass uint8 pixels)")
+    return array
 
 
 @torch.inference_mode()
@@ -50,32 +89,37 @@ def tiled_flow(
     model: OpticalFlow,
     frame1: np.ndarray,
     frame2: np.ndarray,
-    min_overlap: int = 20,
+    min_overlap: int | None = None,
     batch_size: int = 4,
 ) -> np.ndarray:
-    """Flow in pixels [H,W,2] from frame1 to frame2 ([H,W,3] each, in [-1,1]), for any H, W at least the
-    model's training size. At most `batch_size` tiles are in memory on the model's device at once. A tile
-    the official grid lists twice is computed once and counted twice."""
-    frame1, frame2 = np.asarray(frame1, np.float32), np.asarray(frame2, np.float32)
+    """Flow in pixels [H,W,2] from frame1 to frame2 ([H,W,3] each), for any H, W at least the model's
+    training size (`config.train_size`, the tile). Frames are float in [-1,1] (x/255*2-1) or integer pixels
+    (uint8 0-255, uint16 0-65535, converted so); float values outside [-1,1] are refused. Tiles overlap by at
+    least `min_overlap` pixels (default: the colab's 20, or a third of a smaller tile's shorter side). At
+    most `batch_size` tiles are in memory on the model's device at once. A tile the official grid lists
+    twice is computed once and counted twice."""
+    check_model(model, OpticalFlow, "tiled_flow")
+    frame1, frame2 = np.asarray(frame1), np.asarray(frame2)
     if frame1.shape != frame2.shape or frame1.ndim != 3 or frame1.shape[-1] != 3:
         raise InputError(f"expected two RGB frames [H,W,3] of one size, got {frame1.shape} and {frame2.shape}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    frames = np.stack([frame1, frame2])
+    check_count("batch_size", batch_size)
+    frames = np.stack([model_frame("frame1", frame1), model_frame("frame2", frame2)])
     tile = tuple(model.config.train_size)
-    counts = Counter(tile_origins(frames.shape[1:3], tile, min_overlap))
+    height, width = frames.shape[1:3]
+    counts = Counter(tile_origins((height, width), tile, min_overlap))
     origins = list(counts)
-    weights = tile_weights(tile)[:, :, None]
-    flow = np.zeros((*frames.shape[1:3], 2), np.float32)
-    total = np.zeros((*frames.shape[1:3], 1), np.float32)
+    flow = np.zeros((height, width, 2), np.float32)
+    total = np.zeros((height, width, 1), np.float32)
     parameter = next(model.parameters())
     for start in range(0, len(origins), batch_size):
         batch = origins[start: start + batch_size]
         tiles = np.stack([frames[:, y: y + tile[0], x: x + tile[1]] for y, x in batch])
         flows = model(torch.from_numpy(tiles).to(parameter.device, parameter.dtype)).float().cpu().numpy()
         for (y, x), piece in zip(batch, flows):
-            flow[y: y + tile[0], x: x + tile[1]] += piece * weights * counts[y, x]
-            total[y: y + tile[0], x: x + tile[1]] += weights * counts[y, x]
+            inner_sides = (y > 0, y + tile[0] < height, x > 0, x + tile[1] < width)
+            weights = tile_weights(tile, inner_sides)[:, :, None] * counts[y, x]
+            flow[y: y + tile[0], x: x + tile[1]] += piece * weights
+            total[y: y + tile[0], x: x + tile[1]] += weights
     return flow / total
 
 
@@ -115,20 +159,52 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     return rgb_pixels(path) / 255 * 2 - 1
 
 
+def colour_wheel_legend(diameter: int) -> tuple[np.ndarray, np.ndarray]:
+    """The colour wheel as a legend: its colours [d,d,3] uint8 (each pixel the colour of a flow from the
+    centre to it, the rim at full saturation) and the disc's mask [d,d] bool."""
+    radius = diameter / 2
+    ys, xs = np.mgrid[:diameter, :diameter] + 0.5 - radius
+    return flow_to_rgb(np.stack([xs, ys], axis=-1), max_magnitude=radius), np.hypot(xs, ys) <= radius
+
+
+def picture_format(picture: str | os.PathLike) -> str:
+    """The Pillow format that writes `picture`, named by its suffix (.png, .jpg/.jpeg, .bmp, .tif, .webp, ...)."""
+    Image = pillow("writing flow pictures")
+    suffix = Path(picture).suffix.lower()
+    format_name = Image.registered_extensions().get(suffix)
+    if format_name not in Image.SAVE:
+        raise InputError(f"picture must end in a suffix Pillow writes (.png, .jpg, .jpeg, .bmp, .tif, .webp, ...), "
+                         f"got {os.fspath(picture)!r}")
+    return format_name
+
+
 def flow_between_files(
     model: OpticalFlow,
     first: str | os.PathLike,
     second: str | os.PathLike,
     picture: str | os.PathLike,
     overwrite: bool = False,
-    **tiling,
+    min_overlap: int | None = None,
+    batch_size: int = 4,
+    legend: bool = False,
 ) -> np.ndarray:
-    """Reads two image files, computes the flow (tiled) and writes it as a colour-wheel picture (PNG; an
-    existing file is kept unless `overwrite`). Returns the flow [H,W,2] in pixels."""
-    from PIL import Image
-
+    """Reads two image files, computes the flow (`tiled_flow`, whose defaults suit any model's tile) and
+    writes it as a colour-wheel picture in the format its suffix names (.png, .jpg, ...; another suffix is
+    refused before any work; an existing file is kept unless `overwrite`). With `legend`, a colour wheel a
+    fifth of the shorter side wide sits in the bottom-right corner: its rim is the picture's largest
+    motion. Returns the flow [H,W,2] in pixels."""
+    check_model(model, OpticalFlow, "flow_between_files")
+    Image = pillow("flow_between_files")
+    format_name = picture_format(picture)
     check_output(picture, overwrite)  # before the work, not after
-    flow = tiled_flow(model, read_frame(first), read_frame(second), **tiling)
+    flow = tiled_flow(model, read_frame(first), read_frame(second), min_overlap, batch_size)
+    colours = flow_to_rgb(flow)
+    if legend:
+        diameter = max(1, min(flow.shape[:2]) // 5)
+        margin = diameter // 8
+        wheel, disc = colour_wheel_legend(diameter)
+        corner = colours[-diameter - margin: colours.shape[0] - margin, -diameter - margin: colours.shape[1] - margin]
+        corner[disc] = wheel[disc]
     with atomic_output(picture, overwrite=overwrite) as out:
-        Image.fromarray(flow_to_rgb(flow)).save(out, format="PNG")
+        Image.fromarray(colours).save(out, format=format_name)
     return flow

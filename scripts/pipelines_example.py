@@ -19,6 +19,7 @@ import numpy as np
 import perceiver_io
 from converters.convert import convert_checkpoint
 from perceiver_io.flow import flow_between_files
+from perceiver_io.images import pillow
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden"
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--released", action="store_true", help="use the released weights (needs the network once)")
     args = parser.parse_args()
-    from PIL import Image
+    Image = pillow("scripts/pipelines_example.py")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -46,21 +47,21 @@ def main() -> None:
         language = model("language_mlm")
         text = "This is an incomplete sentence where some words are" + "[MASK]" * 9
         print("fill_mask:", repr(perceiver_io.fill_mask(language, text)))
+        print("fill_mask, a batch:", perceiver_io.fill_mask(language, ["Hello[MASK]", "[MASK]ello"]))
 
         classifier = model("imagenet_fourier")
         picture = folder / "picture.png"
         Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(picture)
         print("classify_image:", perceiver_io.classify_image(classifier, picture, top_k=3))
+        batch = rng.integers(0, 256, (2, 240, 320, 3), dtype=np.uint8)  # [B,H,W,3] uint8 pixels, 0-255
+        print("classify_image, a batch:", perceiver_io.classify_image(classifier, batch, top_k=2))
 
         flow_model = model("optical_flow")
         height, width = (h + 20 for h in flow_model.config.train_size)
         scene = rng.integers(0, 256, (height, width + 3, 3), dtype=np.uint8)
         Image.fromarray(scene[:, :width]).save(folder / "frame1.png")
         Image.fromarray(scene[:, 3:]).save(folder / "frame2.png")
-        overlap = min(20, min(flow_model.config.train_size) // 3)  # the colab's 20, or less for a tiny golden tile
-        flow = flow_between_files(
-            flow_model, folder / "frame1.png", folder / "frame2.png", folder / "flow.png", min_overlap=overlap
-        )
+        flow = flow_between_files(flow_model, folder / "frame1.png", folder / "frame2.png", folder / "flow.png")
         print(f"flow_between_files: flow {flow.shape}, mean (u, v) = {flow.mean(axis=(0, 1)).round(3).tolist()}, "
               f"picture {Image.open(folder / 'flow.png').size}")
 

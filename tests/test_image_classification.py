@@ -48,7 +48,7 @@ def test_classify_an_image_file(tmp_path, converted_golden):
     probabilities = torch.softmax(logits, -1)
     assert [label for label, _ in top] == [str(i) for i in probabilities.argsort(descending=True)[:3].tolist()]
     assert top[0][1] == pytest.approx(float(probabilities.max()), rel=1e-6)
-    with pytest.raises(ValueError, match="top_k must be at least 1"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer, got 0"):
         classify_image(model, path, top_k=0)
 
 
@@ -58,9 +58,12 @@ def test_sixteen_bit_and_thin_images_keep_their_values(tmp_path):
     Image.fromarray(grey).save(path)
     expected = (200 - IMAGENET_MEAN_RGB) / IMAGENET_STDDEV_RGB
     np.testing.assert_allclose(imagenet_input(path, (16, 16)), np.broadcast_to(expected, (16, 16, 3)), atol=1e-5)
+    sixteen_bit_array = np.full((6, 500, 3), 200 * 257, np.uint16)
+    np.testing.assert_allclose(imagenet_input(sixteen_bit_array, (16, 16)), np.broadcast_to(expected, (16, 16, 3)),
+                               atol=1e-5)
     thin = np.full((1, 500, 3), 200, np.uint8)
     np.testing.assert_allclose(imagenet_input(thin, (224, 224)), np.broadcast_to(expected, (224, 224, 3)), atol=1e-5)
-    with pytest.raises(ValueError, match="the image is empty"):
+    with pytest.raises(ValueError, match="image is empty: 0x5 pixels"):
         imagenet_input(np.zeros((0, 5, 3)))
 
 
