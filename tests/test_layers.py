@@ -150,10 +150,11 @@ def reachable(graph: dict[str, set[str]], module: str) -> set[str]:
 
 
 def test_the_port_reaches_no_jax():
-    """No module of `perceiver_io` imports jax or haiku, itself or through any module it imports."""
+    """No module of `perceiver_io` imports jax or haiku, itself or through any module it imports; but
+    `python -m perceiver_io`, which is the command line (whose verify runs JAX when asked)."""
     graph, files = import_graph(), module_files()
     for name in graph:
-        if name.startswith("perceiver_io"):
+        if name.startswith("perceiver_io") and name != "perceiver_io.__main__":
             found = {f"{module} imports {package}" for module in reachable(graph, name)
                      for package in external_imports(files[module]) & {"jax", "jaxlib", "haiku"}}
             assert not found, f"{name} reaches jax: {sorted(found)}"
