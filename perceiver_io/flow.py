@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_output, check_output
-from .errors import InputError, InputTypeError
-from .images import check_range, integer_pixels, pillow, rgb_pixels
+from .errors import InputError
+from .images import integer_pixels, model_values, pillow, rgb_pixels
 from .pipelines import check_count, check_model
 from .tasks import OpticalFlow
 
@@ -74,14 +74,9 @@ def tile_weights(tile_size: tuple[int, int], falloff: tuple[bool, bool, bool, bo
 def model_frame(name: str, frame) -> np.ndarray:
     """A frame as the flow model takes it, float32 in [-1,1]: integer pixels (uint8 0-255, uint16
     0-65535) become x/255*2-1 as in the colab; float frames must already be in [-1,1]."""
-    array = np.asarray(frame)
-    if array.dtype.kind in "ui":
-        return integer_pixels(name, array) / 255 * 2 - 1
-    if array.dtype.kind != "f":
-        raise InputTypeError(f"{name} is {array.dtype}: expected a float frame in [-1,1] or uint8 pixels")
-    array = array.astype(np.float32)
-    check_range(name, array, -1, 1, " (x/255*2-1, as read_frame gives; or pass uint8 pixels)")
-    return array
+    return model_values(name, frame, -1, 1, lambda name, pixels: integer_pixels(name, pixels) / 255 * 2 - 1,
+                        "a float frame in [-1,1] or uint8 pixels",
+                        " (x/255*2-1, as read_frame gives; or pass uint8 pixels)")
 
 
 @torch.inference_mode()

@@ -44,6 +44,20 @@ def check_range(name: str, array: np.ndarray, low: float, high: float, hint: str
         )
 
 
+def model_values(name: str, values, low: float, high: float, from_integers, expected: str, hint: str) -> np.ndarray:
+    """`values` as float32 in [low, high], the range a model takes: an integer array read by
+    `from_integers(name, array)` (its dtype says its scale), a float array checked to be in the range (see
+    `check_range`; `hint` says how to get there); any other dtype an InputTypeError that names `expected`."""
+    array = np.asarray(values)
+    if array.dtype.kind in "ui":
+        return from_integers(name, array)
+    if array.dtype.kind != "f":
+        raise InputTypeError(f"{name} is {array.dtype}: expected {expected}")
+    array = array.astype(np.float32)
+    check_range(name, array, low, high, hint)
+    return array
+
+
 def integer_pixels(name: str, array: np.ndarray) -> np.ndarray:
     """Integer pixel values as float32 0-255: uint16 is 16-bit (0-65535, scaled by 1/257); any other
     integer dtype holds 0-255 (values outside are refused)."""

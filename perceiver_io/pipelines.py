@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError, InputTypeError
-from .images import check_range, integer_pixels, pillow, rgb_pixels
+from .images import integer_pixels, model_values, pillow, rgb_pixels
 from .registry import TASKS
 from .task_inputs import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB
 from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
@@ -188,27 +188,23 @@ def classify_image(
 def video_frames(name: str, images) -> np.ndarray:
     """Video frames as the video autoencoder takes them, float32 in [0,1]: integer pixels (uint8 0-255,
     uint16 0-65535) are scaled to [0,1] (uint8 / 255, as the colab); float frames must be in [0,1]."""
-    array = np.asarray(images)
-    if array.dtype.kind in "ui":
-        return integer_pixels(name, array) / 255
-    if array.dtype.kind != "f":
-        raise InputTypeError(f"{name} is {array.dtype}: expected frames as a float array in [0,1] or as uint8 pixels")
-    array = array.astype(np.float32)
-    check_range(name, array, 0, 1, " (video frames: divide 0-255 frames by 255, or pass them as uint8)")
-    return array
+    return model_values(name, images, 0, 1, lambda name, pixels: integer_pixels(name, pixels) / 255,
+                        "frames as a float array in [0,1] or as uint8 pixels",
+                        " (video frames: divide 0-255 frames by 255, or pass them as uint8)")
 
 
 def audio_samples(name: str, audio) -> np.ndarray:
     """Audio as the video autoencoder takes it, float32 in [-1,1]: 16-bit PCM (int16) is divided by 32768,
     as the colab does; float samples must be in [-1,1]."""
-    array = np.asarray(audio)
-    if array.dtype == np.int16:
-        return array.astype(np.float32) / PCM16_SCALE
-    if array.dtype.kind != "f":
-        raise InputTypeError(f"{name} is {array.dtype}: expected float samples in [-1,1] or 16-bit PCM (int16)")
-    array = array.astype(np.float32)
-    check_range(name, array, -1, 1, " (audio samples: divide 16-bit PCM by 32768, or pass it as int16)")
-    return array
+    expected = "float samples in [-1,1] or 16-bit PCM (int16)"
+
+    def from_pcm(name: str, samples: np.ndarray) -> np.ndarray:
+        if samples.dtype != np.int16:
+            raise InputTypeError(f"{name} is {samples.dtype}: expected {expected}")
+        return samples.astype(np.float32) / PCM16_SCALE
+
+    return model_values(name, audio, -1, 1, from_pcm, expected,
+                        " (audio samples: divide 16-bit PCM by 32768, or pass it as int16)")
 
 
 @torch.inference_mode()
