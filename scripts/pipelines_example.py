@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--released", action="store_true", help="use the released weights (needs the network once)")
     args = parser.parse_args()
-    Image = pillow("scripts/pipelines_example.py")
+    try:
+        Image = pillow("scripts/pipelines_example.py")
+    except ModuleNotFoundError as missing:
+        sys.exit(f"error: {missing}")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

@@ -49,6 +49,14 @@ def test_python_dash_m_runs_the_command_line():
     assert result.returncode == 0 and result.stdout.startswith("convert-checkpoint ")
 
 
+def test_a_reader_that_goes_away_stops_the_listing_quietly():
+    listing = subprocess.Popen([sys.executable, "-m", "perceiver_io", "list"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    listing.stdout.close()  # as `| head -0` does
+    _, err = listing.communicate(timeout=120)
+    assert listing.returncode == 141 and err == b""
+
+
 def test_a_mistyped_command_is_named_as_such(capsys):
     assert main(["veriffy", "x"]) == 2
     assert capsys.readouterr().err == ("convert-checkpoint: error: 'veriffy' is neither a command (convert, verify, "
