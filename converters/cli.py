@@ -229,8 +229,9 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", help="npz file of the official call's arguments (e.g. a golden inputs.npz; "
                         "nested ones as subsampling/image); default: deterministic synthetic inputs of the right "
                         "kind for the task and config")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="PyTorch's dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="where PyTorch runs: cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="float32", help=f"PyTorch's dtype: {', '.join(DTYPES)} or an alias such "
+                        "as bf16 (default float32)")
     parser.add_argument("--tolerance", type=float,
                         help="max error relative to each stage's scale (default: 1e-4 in float32, 1e-3 for "
                         "multimodal_autoencoding; 4e-2 in bfloat16, 5e-3 in float16)")
@@ -251,7 +252,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from perceiver_io.placement import DTYPES, resolve_device
+    from perceiver_io.placement import resolve_device, resolve_dtype
     from perceiver_io.serialization import load, task_of
 
     from .haiku_pickle import load_haiku_checkpoint
@@ -300,7 +301,7 @@ def _verify(args: argparse.Namespace) -> int:
         if task and task != reference.task:
             raise ConfigError(f"{args.reference} is a reference of {reference.task}, not of {task}")
         task, config = reference.task, config or reference.config
-    dtype = DTYPES[args.dtype]
+    dtype = resolve_dtype(args.dtype)
     model = None
     if args.converted:
         model = load(args.converted, args.device, dtype)
@@ -350,9 +351,13 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Write a converted PyTorch checkpoint back as a Haiku checkpoint (released pickle format, "
                           "or npz for a .npz output) that the Haiku code loads as it loads the released files.")
     parser.add_argument("source", metavar="SRC", help="a .safetensors file written by convert-checkpoint or "
-                        "perceiver_io.save")
+                        "perceiver_io.save, or a released name (converted in the cache)")
     parser.add_argument("-o", "--output", metavar="DST", required=True,
-                        help="the Haiku checkpoint to write (.pickle, .pystate or .npz)")
+                        help="the Haiku checkpoint to write (.pickle, .pkl, .pystate or .npz)")
+    parser.add_argument("--layout", choices=["params", "params_and_state"],
+                        help="a pickle's top level: bare params, or {'params': ..., 'state': ...} (default: the "
+                        "layout of the checkpoint SRC was converted from; for a file saved by perceiver_io.save, "
+                        "the container only for a model with state)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
 
@@ -362,13 +367,16 @@ def _export(args: argparse.Namespace) -> int:
 
     from .export import export_haiku_checkpoint
 
-    output = _output_path(args.output, (".pickle", ".pystate", ".npz"))
+    output = _output_path(args.output, (".pickle", ".pkl", ".pystate", ".npz"))
     check_output(output, args.force)
-    if Path(args.source).is_file() and not is_safetensors_file(Path(args.source)):
+    source = Path(args.source)
+    if args.source in hub.RELEASES and not source.exists():
+        source = hub.download_converted(args.source)
+    if source.is_file() and not is_safetensors_file(source):
         raise ConfigError(f"{args.source} is not a converted .safetensors file; export takes one (convert a Haiku "
                           "checkpoint with: convert-checkpoint SRC -o DST.safetensors --task TASK)")
-    model = load(args.source)
-    layout = read_metadata(Path(args.source)).get("haiku_layout")  # None in a file saved by perceiver_io.save
+    model = load(source)
+    layout = args.layout or read_metadata(source).get("haiku_layout")  # None in a file saved by perceiver_io.save
     container = {name: flag for flag, name in HAIKU_LAYOUT.items()}.get(layout)
     path = export_haiku_checkpoint(model, output, overwrite=args.force, container=container)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
@@ -410,9 +418,13 @@ def _with_command(argv: list[str]) -> list[str]:
         raise ConfigError(f"{' and '.join(flags)} are different commands; give one")
     if flags:
         rest = [argument for argument in argv if argument != flags[0]]
-        if flags[0] == "--download" and "--task" in rest[:-1]:
-            at = rest.index("--task")
-            rest = [rest[at + 1], *rest[:at], *rest[at + 2:]]
+        if flags[0] == "--download":  # its --task TASK (or --task=TASK) is now the command's TASK
+            task = next((argument for argument in rest if argument.startswith("--task=")), None)
+            if task is not None:
+                rest = [task.partition("=")[2], *(argument for argument in rest if argument != task)]
+            elif "--task" in rest[:-1]:
+                at = rest.index("--task")
+                rest = [rest[at + 1], *rest[:at], *rest[at + 2:]]
         return [LEGACY_FLAGS[flags[0]], *rest]
     first = argv[0]
     if not first.startswith("-") and not Path(first).suffix and os.sep not in first and not Path(first).exists():

@@ -35,7 +35,7 @@ def export_haiku_checkpoint(model: nn.Module, path: str | os.PathLike, overwrite
     released files are. Atomic; an existing file is kept unless `overwrite`."""
     path = Path(path)
     _, params, state = model_to_haiku(model)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         save_haiku_npz(path, params, state, overwrite=overwrite)
     else:
         if container is False and state:

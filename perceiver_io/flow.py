@@ -3,10 +3,11 @@
 `tiled_flow` cuts the frame pair into tiles of the model's training size that overlap by at least
 `min_overlap` pixels (the last row and column of tiles flush with the frame's edges), runs the tiles in
 batches, and blends their flows with weights that fall off towards each tile's border, counted from 1 at
-the border (the colab's `compute_grid_indices` and `compute_optical_flow`). Unlike the colab, a tile's
-weight does not fall off towards a side on the frame's edge, where no other tile takes over: the colab's
-weights there make the blend jump from one tile to an even mix of two (a seam along the frame's edges).
-Frames smaller than a tile are refused: the model only sees its training size.
+the border (the colab's `compute_grid_indices` and `compute_optical_flow`). By default the blend is the
+colab's. Its weights also fall off towards a tile's side on the frame's edge, where no other tile takes
+over, so the blend jumps there from one tile to an even mix of two: a seam along the frame's edges.
+`blend="seamless"` drops that fall-off (the flow then differs from the colab's within half a tile of the
+frame's edges). Frames smaller than a tile are refused: the model only sees its training size.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def tile_origins(
     return list(itertools.product(ys, xs))
 
 
-def tile_weights(tile_size: tuple[int, int], falloff: tuple[bool, bool, bool, bool] = (True,) * 4) -> np.ndarray:
+BLENDS = ("colab", "seamless")
+
+
+def tile_weights(tile_size: tuple[int, int], falloff: tuple[bool, bool, bool, bool]) -> np.ndarray:
     """Blending weights [h, w]: the distance, counted from 1, to the nearest of the tile's sides (top,
     bottom, left, right) whose `falloff` is True; 1 everywhere when none is."""
     height, width = tile_size
@@ -86,14 +90,18 @@ def tiled_flow(
     frame2: np.ndarray,
     min_overlap: int | None = None,
     batch_size: int = 4,
+    blend: str = "colab",
 ) -> np.ndarray:
     """Flow in pixels [H,W,2] from frame1 to frame2 ([H,W,3] each), for any H, W at least the model's
     training size (`config.train_size`, the tile). Frames are float in [-1,1] (x/255*2-1) or integer pixels
     (uint8 0-255, uint16 0-65535, converted so); float values outside [-1,1] are refused. Tiles overlap by at
     least `min_overlap` pixels (default: the colab's 20, or a third of a smaller tile's shorter side). At
     most `batch_size` tiles are in memory on the model's device at once. A tile the official grid lists
-    twice is computed once and counted twice."""
+    twice is computed once and counted twice. `blend` is "colab" (every side of a tile falls off, as the
+    colab's) or "seamless" (sides on the frame's edge do not: no seam along the edges)."""
     check_model(model, OpticalFlow, "tiled_flow")
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
     frame1, frame2 = np.asarray(frame1), np.asarray(frame2)
     if frame1.shape != frame2.shape or frame1.ndim != 3 or frame1.shape[-1] != 3:
         raise InputError(f"expected two RGB frames [H,W,3] of one size, got {frame1.shape} and {frame2.shape}")
@@ -111,8 +119,8 @@ def tiled_flow(
         tiles = np.stack([frames[:, y: y + tile[0], x: x + tile[1]] for y, x in batch])
         flows = model(torch.from_numpy(tiles).to(parameter.device, parameter.dtype)).float().cpu().numpy()
         for (y, x), piece in zip(batch, flows):
-            inner_sides = (y > 0, y + tile[0] < height, x > 0, x + tile[1] < width)
-            weights = tile_weights(tile, inner_sides)[:, :, None] * counts[y, x]
+            falls = (y > 0, y + tile[0] < height, x > 0, x + tile[1] < width) if blend == "seamless" else (True,) * 4
+            weights = tile_weights(tile, falls)[:, :, None] * counts[y, x]
             flow[y: y + tile[0], x: x + tile[1]] += piece * weights
             total[y: y + tile[0], x: x + tile[1]] += weights
     return flow / total
@@ -182,17 +190,18 @@ def flow_between_files(
     min_overlap: int | None = None,
     batch_size: int = 4,
     legend: bool = False,
+    blend: str = "colab",
 ) -> np.ndarray:
     """Reads two image files, computes the flow (`tiled_flow`, whose defaults suit any model's tile) and
     writes it as a colour-wheel picture in the format its suffix names (.png, .jpg, ...; another suffix is
     refused before any work; an existing file is kept unless `overwrite`). With `legend`, a colour wheel a
     fifth of the shorter side wide sits in the bottom-right corner: its rim is the picture's largest
-    motion. Returns the flow [H,W,2] in pixels."""
+    motion. `blend` as in `tiled_flow`. Returns the flow [H,W,2] in pixels."""
     check_model(model, OpticalFlow, "flow_between_files")
     Image = pillow("flow_between_files")
     format_name = picture_format(picture)
     check_output(picture, overwrite)  # before the work, not after
-    flow = tiled_flow(model, read_frame(first), read_frame(second), min_overlap, batch_size)
+    flow = tiled_flow(model, read_frame(first), read_frame(second), min_overlap, batch_size, blend)
     colours = flow_to_rgb(flow)
     if legend:
         diameter = max(1, min(flow.shape[:2]) // 5)

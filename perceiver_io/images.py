@@ -71,6 +71,17 @@ def integer_pixels(name: str, array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
+UNIT_RANGE_SLACK = 0.05
+"""How far past [0,1] a float image may reach and still be taken for a [0,1] image (a bicubic resize
+overshoots a little), rather than for 0-255 pixels that are all nearly black."""
+
+
+def looks_like_unit_range(array: np.ndarray) -> bool:
+    """Whether a float pixel array lies within [0,1] (give or take UNIT_RANGE_SLACK): most likely a [0,1]
+    image, which read as 0-255 pixels would be all but black."""
+    return bool(array.size) and -UNIT_RANGE_SLACK <= array.min() and array.max() <= 1 + UNIT_RANGE_SLACK
+
+
 def pixel_values(name: str, array, pixel_max: float | None = None) -> np.ndarray:
     """Pixel values of any dtype as float32 0-255, shape kept. Integers: see `integer_pixels`. Floats are
     on the scale 0..`pixel_max`; by default 0-255, where a float array wholly within [0,1] is refused as
@@ -88,7 +99,7 @@ def pixel_values(name: str, array, pixel_max: float | None = None) -> np.ndarray
         )
     array = array.astype(np.float32)
     if pixel_max is None:
-        if array.size and 0 <= array.min() and array.max() <= 1:
+        if looks_like_unit_range(array):
             raise InputError(
                 f"{name} is a float array with values in [{array.min():.4g},{array.max():.4g}], but float pixels "
                 "are read as 0-255: multiply a [0,1] image by 255 or pass pixel_max=1.0 (pixel_max=255 takes it "

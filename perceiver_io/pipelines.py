@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError, InputTypeError
-from .images import integer_pixels, model_values, pillow, rgb_pixels
+from .images import integer_pixels, model_values, pillow, pixel_values, rgb_pixels
 from .registry import TASKS
 from .task_inputs import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB
 from .tasks import ImageClassifier, LanguagePerceiver, VideoAutoencoder
@@ -139,16 +139,19 @@ def imagenet_input(
     return (np.asarray(resized, dtype=np.float32) - IMAGENET_MEAN_RGB) / IMAGENET_STDDEV_RGB
 
 
-def _image_batch(image) -> tuple[list, list[str], bool]:
-    """The images of `classify_image`'s argument, their names in errors, and whether it was a single one."""
+def _image_batch(image, pixel_max: float | None) -> tuple[list, list[str], bool, float | None]:
+    """The images of `classify_image`'s argument, their names in errors, whether it was a single one, and the
+    `pixel_max` to read each with. An array [B,H,W,3] is one batch: its scale is read once, over all of it (a
+    dark image in a 0-255 batch is not taken for a [0,1] one)."""
     if isinstance(image, (list, tuple)):
-        return list(image), [f"image[{index}]" for index in range(len(image))], False
+        return list(image), [f"image[{index}]" for index in range(len(image))], False, pixel_max
     if isinstance(image, (str, os.PathLike)) or hasattr(image, "convert"):
-        return [image], ["image"], True
+        return [image], ["image"], True, pixel_max
     array = np.asarray(image)
     if array.ndim == 4:
-        return list(array), [f"image[{index}]" for index in range(len(array))], False
-    return [array], ["image"], True
+        pixels = pixel_values("image", array, pixel_max)
+        return list(pixels), [f"image[{index}]" for index in range(len(array))], False, 255.0
+    return [array], ["image"], True, pixel_max
 
 
 @torch.inference_mode()
@@ -170,7 +173,7 @@ def classify_image(
     check_model(model, ImageClassifier, "classify_image")
     check_count("top_k", top_k)
     check_count("batch_size", batch_size)
-    images, names, single = _image_batch(image)
+    images, names, single, pixel_max = _image_batch(image, pixel_max)
     parameter = next(model.parameters())
     labels = imagenet_classes() if model.config.num_classes == 1000 else None
     results = []

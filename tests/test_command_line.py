@@ -74,7 +74,7 @@ def test_no_command_prints_the_help(capsys):
      "convert-checkpoint: error: -o {tmp}/model.bin: the file written is .safetensors"),
     (["example", "-o", "{tmp}/example.pt"], "-o {tmp}/example.pt: the file written is .safetensors"),
     (["export", "{tmp}/model.safetensors", "-o", "{tmp}/model.pt"],
-     "-o {tmp}/model.pt: the file written is .pickle or .pystate or .npz"),
+     "-o {tmp}/model.pt: the file written is .pickle or .pkl or .pystate or .npz"),
     (["verify", str(CHECKPOINT), "--task", "language_mlm", "--save-reference", "{tmp}/ref.json"],
      "--save-reference {tmp}/ref.json: the file written is .npz"),
     (["export", str(CHECKPOINT), "-o", "{tmp}/back.pickle"],

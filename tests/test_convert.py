@@ -185,6 +185,9 @@ def test_cli_export_gives_back_the_layout_of_the_source(golden_language, languag
     assert main(["export", str(converted), "-o", str(exported)]) == 0, capsys.readouterr().err
     back = load_haiku_checkpoint(exported)
     assert back.container is container and set(back.params) == set(language_tree) and back.state == {}
+    other = "params" if container else "params_and_state"
+    assert main(["export", str(converted), "-o", str(exported), "--force", "--layout", other]) == 0
+    assert load_haiku_checkpoint(exported).container is not container  # --layout overrides the record
 
 
 def _save_npz(path, tree, dtypes=None):

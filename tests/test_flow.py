@@ -86,22 +86,26 @@ def test_tiled_flow_follows_the_blend_rule(model, batch_size):
     rng = np.random.default_rng(0)
     frame1, frame2 = (rng.uniform(-1, 1, (30, 41, 3)).astype(np.float32) for _ in range(2))
     ours = tiled_flow(model, frame1, frame2, min_overlap=4, batch_size=batch_size)
-    expected = reference_tiling(model, frame1, frame2, (12, 16), 4)
+    expected = reference_tiling(model, frame1, frame2, (12, 16), 4, frame_edges_fall_off=True)
     assert ours.shape == (30, 41, 2)
-    assert np.abs(ours - expected).max() <= 1e-5
+    assert np.abs(ours - expected).max() <= 1e-5, "the default blend is the colab's"
+    seamless = tiled_flow(model, frame1, frame2, min_overlap=4, batch_size=batch_size, blend="seamless")
+    assert np.abs(seamless - reference_tiling(model, frame1, frame2, (12, 16), 4)).max() <= 1e-5
 
 
 def test_a_constant_flow_tiles_to_the_same_constant(model):
     stand_in = TileMean(model.config).eval()
     frame = np.full((30, 41, 3), 0.3, np.float32)
-    flow = tiled_flow(stand_in, frame, -frame, min_overlap=4)
-    assert np.abs(flow - 0.3).max() <= 1e-6, f"max deviation {np.abs(flow - 0.3).max():.2e}"
+    for blend in ("colab", "seamless"):
+        flow = tiled_flow(stand_in, frame, -frame, min_overlap=4, blend=blend)
+        assert np.abs(flow - 0.3).max() <= 1e-6, f"{blend}: max deviation {np.abs(flow - 0.3).max():.2e}"
 
 
-def test_the_frame_edges_show_no_seam(model):
-    """Tiles of different flows blend smoothly along the frame's edges too: the largest step between
-    neighbouring pixels there is no larger than inside. With the colab's weights, which fall off towards the
-    frame's edge as well, a tile's border there weighs as much as its neighbour's inside (a seam)."""
+def test_the_seamless_blend_shows_no_seam_along_the_frame_edges(model):
+    """With blend="seamless", tiles of different flows blend smoothly along the frame's edges too: the
+    largest step between neighbouring pixels there is no larger than inside. With the colab's weights (the
+    default), which fall off towards the frame's edge as well, a tile's border there weighs as much as its
+    neighbour's inside (a seam)."""
     stand_in = TileMean(model.config).eval()
     y, x = np.mgrid[:30, :41]
     frame = np.repeat((x / 40 + y / 29 - 1)[..., None], 3, axis=-1).astype(np.float32)
@@ -111,12 +115,12 @@ def test_the_frame_edges_show_no_seam(model):
         edges = max(across[[0, -1]].max(), down[:, [0, -1]].max())
         return edges, max(across[6:-6].max(), down[:, 8:-8].max())
 
-    ours = tiled_flow(stand_in, frame, frame, min_overlap=4)
+    ours = tiled_flow(stand_in, frame, frame, min_overlap=4, blend="seamless")
     assert np.abs(ours - reference_tiling(stand_in, frame, frame, (12, 16), 4)).max() <= 1e-5
     edges, inner = edge_and_inner_steps(ours)
     print(f"largest step between neighbours: {edges:.3f} along the edges, {inner:.3f} inside")
     assert edges <= inner
-    colab_edges, colab_inner = edge_and_inner_steps(reference_tiling(stand_in, frame, frame, (12, 16), 4, True))
+    colab_edges, colab_inner = edge_and_inner_steps(tiled_flow(stand_in, frame, frame, min_overlap=4))
     assert colab_edges > 1.3 * colab_inner, "the colab's weights should show the seam this test looks for"
 
 
@@ -131,7 +135,7 @@ def test_a_tile_the_colab_lists_twice_is_computed_once_and_counted_twice(model):
     finally:
         hook.remove()
     assert sum(tiles) == 2
-    assert np.abs(ours - reference_tiling(model, frame1, frame2, (12, 16), 4)).max() <= 1e-5
+    assert np.abs(ours - reference_tiling(model, frame1, frame2, (12, 16), 4, frame_edges_fall_off=True)).max() <= 1e-5
 
 
 ZEROS = np.zeros((20, 25, 3), np.float32)
@@ -141,6 +145,7 @@ FRAMES = "(x/255*2-1, as read_frame gives; or pass uint8 pixels)"
 @pytest.mark.parametrize("frames, options, words", [
     ((ZEROS, np.zeros((20, 26, 3), np.float32)), {}, "of one size, got (20, 25, 3) and (20, 26, 3)"),
     ((ZEROS, ZEROS), {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ((ZEROS, ZEROS), {"blend": "smooth"}, "blend must be one of 'colab', 'seamless', got 'smooth'"),
     ((ZEROS, ZEROS), {"min_overlap": -1}, "min_overlap (-1) must be an integer in [0, 12)"),
     ((ZEROS, ZEROS), {"min_overlap": 12}, "min_overlap (12) must be an integer in [0, 12)"),
     ((ZEROS + 254.5, ZEROS), {}, f"frame1 must be in [-1,1] {FRAMES}, found values from 254.5 to 254.5"),

@@ -441,14 +441,18 @@ def test_unported_release_is_refused_before_any_download(cache, server, monkeypa
 
 def test_cli_downloads_converts_and_lists(cache, server, tmp_path, capsys, monkeypatch):
     output = tmp_path / "language.safetensors"
-    assert main(["--download", "--task", "language_mlm", "--config", str(REDUCED_CONFIG_FILE), "-o", str(output)]) == 0
+    assert main(["--download", "--task=language_mlm", "--config", str(REDUCED_CONFIG_FILE), "-o", str(output)]) == 0
     assert load(output).config.max_seq_len == REDUCED_CONFIG["MAX_SEQ_LEN"]
+    exported = tmp_path / "back.pkl"
+    assert main(["export", "language_mlm", "-o", str(exported)]) == 0  # a released name: converted in the cache
+    assert load_haiku_checkpoint(exported).params.keys() == load_haiku_checkpoint(hub.download("language_mlm")).params.keys()
     capsys.readouterr()
 
     assert main(["--list"]) == 0
     listing = capsys.readouterr().out
-    # the small stand-in served as the language release is far from the release's size: shown, with a '?'
-    assert re.search(r"language_mlm +language_perceiver_io_bytes\.pickle +0\.80 GB +0\.3 MB\? +no +"
+    # the small stand-in served as the language release is far from the release's size: shown, with a '?';
+    # the export by name converted it in the cache
+    assert re.search(r"language_mlm +language_perceiver_io_bytes\.pickle +0\.80 GB +0\.3 MB\? +yes +"
                      r"perceiver_io\.pipelines\.fill_mask", listing)
     assert re.search(r"optical_flow +optical_flow_checkpoint\.pystate +0\.16 GB +no +no", listing)
     assert f"cache: {cache}" in listing

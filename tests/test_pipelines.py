@@ -146,6 +146,22 @@ def test_a_float_image_in_0_1_is_refused_and_pixel_max_reads_it(models, pictures
     np.testing.assert_allclose(imagenet_input(dark, (16, 16), pixel_max=255), imagenet_input(one, (16, 16)))
 
 
+def test_a_resized_0_1_image_is_still_taken_for_one_and_a_batch_is_read_once(models, pictures):
+    """A [0,1] image that overshoots a little (a bicubic resize) is refused as [0,1] too, not read as a black
+    0-255 one; an array [B,H,W,3] of 0-255 floats is read as such even with a dark image in it."""
+    model = models["imagenet_fourier"]
+    overshooting = np.clip(pictures[0] / 255.0, 0, 1) * 1.02 - 0.01
+    with pytest.raises(InputError, match=r"^image is a float array with values in \[-0.01,1.01\]"):
+        classify_image(model, overshooting)
+    dark = np.full_like(pictures[0], 0.8, dtype=np.float64)
+    batch = np.stack([pictures[0].astype(np.float64), dark])
+    expected = [classify_image(model, pictures[0]), classify_image(model, dark, pixel_max=255)]
+    for ours, theirs in zip(classify_image(model, batch), expected):
+        assert_same_classes(ours, theirs)
+    with pytest.raises(InputError, match=r"^image is a float array with values in \[0,1\]"):
+        classify_image(model, batch / 255.0)
+
+
 PIXELS = "(pixel values, before any normalisation)"
 UINT8 = np.zeros((30, 40, 3), np.uint8)
 
