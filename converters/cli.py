@@ -356,13 +356,13 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Haiku checkpoint to write (.pickle, .pkl, .pystate or .npz)")
     parser.add_argument("--layout", choices=["params", "params_and_state"],
                         help="a pickle's top level: bare params, or {'params': ..., 'state': ...} (default: the "
-                        "layout of the checkpoint SRC was converted from; for a file saved by perceiver_io.save, "
-                        "the container only for a model with state)")
+                        "layout of the Haiku checkpoint SRC came from, else the container only for a model with "
+                        "state)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from perceiver_io.checkpoint_file import HAIKU_LAYOUT, is_safetensors_file, read_metadata
+    from perceiver_io.checkpoint_file import is_safetensors_file
     from perceiver_io.serialization import load
 
     from .export import export_haiku_checkpoint
@@ -376,8 +376,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.source} is not a converted .safetensors file; export takes one (convert a Haiku "
                           "checkpoint with: convert-checkpoint SRC -o DST.safetensors --task TASK)")
     model = load(source)
-    layout = args.layout or read_metadata(source).get("haiku_layout")  # None in a file saved by perceiver_io.save
-    container = {name: flag for flag, name in HAIKU_LAYOUT.items()}.get(layout)
+    container = None if args.layout is None else args.layout == "params_and_state"  # None: the model's own
     path = export_haiku_checkpoint(model, output, overwrite=args.force, container=container)
     print(f"exported {args.source} ({type(model).__name__}) -> {path}")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from perceiver_io.checkpoint_file import HAIKU_LAYOUT
 from perceiver_io.errors import InputError
 from perceiver_io.tasks import task_of
 
@@ -29,12 +30,15 @@ def model_to_haiku(model: nn.Module) -> tuple[str, HaikuTree, HaikuTree]:
 def export_haiku_checkpoint(model: nn.Module, path: str | os.PathLike, overwrite: bool = False, *,
                             container: bool | None = None) -> Path:
     """Writes `model` as a Haiku checkpoint: `.npz` (keys `params/<module>/<leaf>`, `state/...`) or, for
-    any other suffix, a pickle in the released format: `{'params': ..., 'state': ...}` when `container` (the
-    layout of the checkpoint it was converted from, which `convert-checkpoint export` reads from the
-    converted file), bare params when not; by default the container only for a model with state, as the
-    released files are. Atomic; an existing file is kept unless `overwrite`."""
+    any other suffix, a pickle in the released format: `{'params': ..., 'state': ...}` when `container`, bare
+    params when not. By default, the layout of the checkpoint the model was converted from (its
+    `haiku_layout`, which `perceiver_io.load` reads from a converted file and `save` keeps), else the
+    container only for a model with state, as the released files are. Atomic; an existing file is kept
+    unless `overwrite`."""
     path = Path(path)
     _, params, state = model_to_haiku(model)
+    if container is None and getattr(model, "haiku_layout", None) in HAIKU_LAYOUT.values():
+        container = model.haiku_layout == HAIKU_LAYOUT[True]
     if path.suffix.lower() == ".npz":
         save_haiku_npz(path, params, state, overwrite=overwrite)
     else:

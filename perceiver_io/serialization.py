@@ -13,7 +13,14 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from . import hub
-from .checkpoint_file import PlannedTensor, checkpoint_metadata, is_safetensors_file, read_metadata, write_checkpoint
+from .checkpoint_file import (
+    HAIKU_LAYOUT,
+    PlannedTensor,
+    checkpoint_metadata,
+    is_safetensors_file,
+    read_metadata,
+    write_checkpoint,
+)
 from .configs import OfficialConfig
 from .errors import CheckpointFileError, ConfigError, InputError
 from .inputs import dtype_name
@@ -114,6 +121,8 @@ def _load_converted(path: Path, target: torch.device) -> nn.Module:
     except SafetensorError as error:
         raise CheckpointFileError(f"{path} is damaged or truncated: {error}") from None
     load_state_dict_strictly(model, state_dict, str(path))
+    if metadata.get("haiku_layout") in HAIKU_LAYOUT.values():
+        model.haiku_layout = metadata["haiku_layout"]  # kept by save, given back by export
     return model
 
 
@@ -145,13 +154,16 @@ def _load_haiku(
 
 
 def save(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Writes a task model (e.g. fine-tuned) to a converted checkpoint file that `load` reads back."""
+    """Writes a task model (e.g. fine-tuned) to a converted checkpoint file that `load` reads back, with the
+    Haiku layout of the checkpoint it came from (`haiku_layout`, set by `load`), for a later export."""
     task = task_of(model)
     state_dict = model.state_dict()
     if any(value.is_meta for value in state_dict.values()):
         raise InputError("the model is on the meta device, so it has no values to save; load its weights first")
     tensors = [_planned(key, value) for key, value in state_dict.items()]
-    return write_checkpoint(path, tensors, checkpoint_metadata(task, model.config.to_json()), overwrite)
+    layout = getattr(model, "haiku_layout", None)
+    metadata = checkpoint_metadata(task, model.config.to_json(), **({"haiku_layout": layout} if layout else {}))
+    return write_checkpoint(path, tensors, metadata, overwrite)
 
 
 def _planned(key: str, value: torch.Tensor) -> PlannedTensor:

@@ -14,7 +14,7 @@ from converters.cli import main
 from converters.convert import convert_checkpoint, convert_tree, export_tree
 from converters.haiku_pickle import load_haiku_checkpoint, save_haiku_pickle
 from perceiver_io.errors import CheckpointFormatError, ConversionError, MappingError, UnsafePickleError
-from perceiver_io.serialization import load
+from perceiver_io.serialization import load, save
 
 from .conftest import GOLDEN
 
@@ -185,6 +185,12 @@ def test_cli_export_gives_back_the_layout_of_the_source(golden_language, languag
     assert main(["export", str(converted), "-o", str(exported)]) == 0, capsys.readouterr().err
     back = load_haiku_checkpoint(exported)
     assert back.container is container and set(back.params) == set(language_tree) and back.state == {}
+    tuned = load(converted)
+    with torch.no_grad():
+        tuned.embedding_decoder.bias.add_(1.0)  # as if fine-tuned
+    saved = save(tuned, workdir / "tuned.safetensors")  # keeps the layout for a later export
+    assert main(["export", str(saved), "-o", str(workdir / "tuned.pickle")]) == 0
+    assert load_haiku_checkpoint(workdir / "tuned.pickle").container is container
     other = "params" if container else "params_and_state"
     assert main(["export", str(converted), "-o", str(exported), "--force", "--layout", other]) == 0
     assert load_haiku_checkpoint(exported).container is not container  # --layout overrides the record
