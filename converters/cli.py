@@ -75,10 +75,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="the Haiku checkpoint: .pickle/.pystate (released format) or "
-                        ".npz with flat module/leaf keys")
+                        ".npz with flat module/leaf keys; or a transformers-format folder (config.json and weights)")
     parser.add_argument("-o", "--output", metavar="DST", required=True, help="the .safetensors file to write")
-    parser.add_argument("--task", choices=TASK_CHOICES, required=True,
-                        help=f"which model the checkpoint holds (ported to PyTorch: {', '.join(ported())})")
+    parser.add_argument("--task", choices=TASK_CHOICES,
+                        help=f"which model a Haiku checkpoint holds (ported to PyTorch: {', '.join(ported())}); a "
+                        "transformers folder says so in its config.json")
     _config_and_force(parser)
 
 
@@ -384,8 +385,27 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     output = _output_path(args.output, CONVERTED)
+    if Path(args.source).is_dir() and (Path(args.source) / "config.json").is_file():
+        return _convert_transformers(args, output)
+    if args.task is None:
+        raise ConfigError(f"--task is required for a Haiku checkpoint; one of {', '.join(TASKS)}")
     report = convert_checkpoint(args.source, output, args.task, _read_config(args.config), args.force)
     _print_report(report)
+    return 0
+
+
+def _convert_transformers(args: argparse.Namespace, output: Path) -> int:
+    """A transformers-format folder, imported (`perceiver_io.load`) and saved as a converted file."""
+    from perceiver_io.serialization import load, save
+
+    if args.task or args.config:
+        raise ConfigError(f"{args.source} is a transformers-format folder: its config.json gives the task and "
+                          "configuration; leave out --task and --config")
+    check_output(output, args.force)
+    model = load(args.source)
+    path = save(model, output, overwrite=args.force)
+    count = sum(parameter.numel() for parameter in model.parameters())
+    print(f"converted {model.task} from the transformers folder {args.source}: {count:,} parameters -> {path}")
     return 0
 
 

@@ -77,6 +77,9 @@ def load(
       converted there once; later calls read the converted file without touching the network;
     - a converted file (a `.safetensors` name, or any name with a safetensors header), which carries its
       task and configuration in its header;
+    - a Hugging Face transformers-format folder (config.json with model.safetensors or pytorch_model.bin,
+      as `save_pretrained` writes), its task and configuration read from config.json; the model computes
+      with the official numerics, not transformers' (`perceiver_io.transformers_names`);
     - an original Haiku checkpoint (any other file, e.g. `.pickle`, `.pystate`, `.npz`), converted in
       memory. It needs `task=`, and `config=` (official keys) unless it has the released configuration.
     """
@@ -88,7 +91,12 @@ def load(
                               "pass neither task= nor config=")
         name_or_path = hub.download_converted(name_or_path, cache_dir=cache_dir)
     path = Path(name_or_path)
-    if path.suffix == ".safetensors" or is_safetensors_file(path):
+    if path.is_dir() and (path / "config.json").is_file():
+        if task is not None or config is not None:
+            raise ConfigError(f"{path} is a transformers-format folder: its config.json gives the task and "
+                              "configuration; pass neither task= nor config=")
+        model = _load_transformers(path, device)
+    elif path.suffix == ".safetensors" or is_safetensors_file(path):
         if task is not None or config is not None:
             raise ConfigError(f"{path} carries its task and configuration in its header; pass neither task= "
                               "nor config=")
@@ -123,6 +131,17 @@ def _load_converted(path: Path, target: torch.device) -> nn.Module:
     load_state_dict_strictly(model, state_dict, str(path))
     if metadata.get("haiku_layout") in HAIKU_LAYOUT.values():
         model.haiku_layout = metadata["haiku_layout"]  # kept by save, given back by export
+    return model
+
+
+def _load_transformers(path: Path, device: torch.device) -> nn.Module:
+    """Imports a transformers-format folder (see `converters.transformers_import`)."""
+    from converters.transformers_import import transformers_state_dict
+
+    task, config, state_dict = transformers_state_dict(path)
+    with torch.device("meta"):
+        model = build_model(task, config)
+    load_state_dict_strictly(model, {key: value.to(device) for key, value in state_dict.items()}, str(path))
     return model
 
 

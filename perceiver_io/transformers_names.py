@@ -1,0 +1,141 @@
+"""Hugging Face transformers' Perceiver checkpoints: their state_dict names <-> the port's, and their
+config.json <-> the port's configuration, as declarative rules per block. Torch-free.
+
+transformers' published weights were converted from the same Haiku checkpoints, so every tensor has a
+counterpart here. Their Linear weights are `[out, in]` like PyTorch's, so a name is all that changes for
+the language model. What transformers computes differently (its exact GELU, its LayerNorm epsilon, its
+masking) is not in the weights: a model imported here computes with the official numerics
+(docs/official-numerics.md), whatever transformers' config says of `hidden_act` or `layer_norm_eps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .configs import LanguageConfig
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """One tensor: its name in a transformers state_dict and in the port's."""
+
+    transformers_key: str
+    torch_key: str
+
+
+ATTENTION = (
+    ("attention.self.query", "attention.query_proj"),
+    ("attention.self.key", "attention.key_proj"),
+    ("attention.self.value", "attention.value_proj"),
+    ("attention.output.dense", "attention.output_proj"),
+    ("layernorm", "mlp_norm"),
+    ("mlp.dense1", "mlp.up_proj"),
+    ("mlp.dense2", "mlp.down_proj"),
+)
+"""A transformers `PerceiverLayer` against the port's attention block: the Linear and LayerNorm modules
+both kinds share (each has a weight and a bias)."""
+
+CROSS_ATTENTION = (*ATTENTION, ("attention.self.layernorm1", "query_norm"), ("attention.self.layernorm2", "kv_norm"))
+SELF_ATTENTION = (*ATTENTION, ("attention.self.layernorm1", "attention_norm"))
+
+
+def block(modules: tuple[tuple[str, str], ...], transformers_prefix: str, torch_prefix: str) -> list[NameRule]:
+    return [NameRule(f"{transformers_prefix}.{theirs}.{leaf}", f"{torch_prefix}.{ours}.{leaf}")
+            for theirs, ours in modules for leaf in ("weight", "bias")]
+
+
+def encoder(num_self_attends: int) -> list[NameRule]:
+    """transformers' `PerceiverEmbeddings` (the latents) and `PerceiverEncoder`: one cross-attention and the
+    self-attentions of one block, shared by every block as in the official encoder."""
+    rules = [NameRule("perceiver.embeddings.latents", "perceiver.encoder.latents.embeddings"),
+             *block(CROSS_ATTENTION, "perceiver.encoder.cross_attention", "perceiver.encoder.cross_attention")]
+    for index in range(num_self_attends):
+        prefix = f"perceiver.encoder.self_attends.{index}"  # the same in both
+        rules += block(SELF_ATTENTION, prefix, prefix)
+    return rules
+
+
+def language_mlm(config: LanguageConfig) -> list[NameRule]:
+    """transformers' `PerceiverForMaskedLM`: text preprocessor, encoder, basic decoder, embedding decoder."""
+    return [
+        NameRule("perceiver.input_preprocessor.embeddings.weight",
+                 "perceiver.input_preprocessor.token_embedding.weight"),
+        NameRule("perceiver.input_preprocessor.position_embeddings.weight",
+                 "perceiver.input_preprocessor.position_encoding.embeddings"),
+        *encoder(config.encoder.num_self_attends_per_block),
+        NameRule("perceiver.decoder.output_position_encodings.position_embeddings",
+                 "perceiver.decoder.queries.position_encoding.embeddings"),
+        *block(CROSS_ATTENTION, "perceiver.decoder.decoding_cross_attention", "perceiver.decoder.cross_attention"),
+        NameRule("embedding_decoder.bias", "embedding_decoder.bias"),
+    ]
+
+
+def encoder_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The official `encoder_config` of a transformers `PerceiverConfig` (config.json fields)."""
+    return {
+        "num_self_attends_per_block": hf["num_self_attends_per_block"],
+        "num_blocks": hf["num_blocks"],
+        "z_index_dim": hf["num_latents"],
+        "num_z_channels": hf["d_latents"],
+        "qk_channels": hf.get("qk_channels"),
+        "v_channels": hf.get("v_channels"),
+        "num_cross_attend_heads": hf["num_cross_attention_heads"],
+        "num_self_attend_heads": hf["num_self_attention_heads"],
+        "cross_attend_widening_factor": hf.get("cross_attention_widening_factor", 1),
+        "self_attend_widening_factor": hf.get("self_attention_widening_factor", 1),
+        "cross_attention_shape_for_attn": hf.get("cross_attention_shape_for_attention", "kv"),
+        "use_query_residual": hf.get("use_query_residual", True),
+    }
+
+
+TRANSFORMERS_DECODER_QK_CHANNELS = 8 * 32
+TRANSFORMERS_DECODER_HEADS = 8
+"""transformers' `PerceiverForMaskedLM` fixes its decoder's qk width and heads (as the released model has
+them) instead of reading them from its config."""
+
+
+def language_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The language colab's configuration (official keys) of a transformers `PerceiverForMaskedLM` config."""
+    return {
+        "D_MODEL": hf["d_model"],
+        "D_LATENTS": hf["d_latents"],
+        "MAX_SEQ_LEN": hf["max_position_embeddings"],
+        "vocab_size": hf["vocab_size"],
+        "encoder_config": encoder_config(hf),
+        "decoder_config": {
+            "output_num_channels": hf["d_latents"],
+            "position_encoding_type": "trainable",
+            "output_index_dims": hf["max_position_embeddings"],
+            "num_z_channels": hf["d_latents"],
+            "qk_channels": TRANSFORMERS_DECODER_QK_CHANNELS,
+            "v_channels": hf["d_model"],
+            "num_heads": TRANSFORMERS_DECODER_HEADS,
+            "final_project": False,
+            "use_query_residual": False,
+            "trainable_position_encoding_kwargs": {"num_channels": hf["d_model"]},
+        },
+    }
+
+
+ARCHITECTURES = {"PerceiverForMaskedLM": ("language_mlm", language_config, language_mlm)}
+"""transformers' model class (config.json `architectures`) -> (the port's task, its config in official keys,
+its name rules)."""
+
+
+def transformers_model(hf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any], Any]:
+    """(task, official config, rules function) of a transformers config.json's contents."""
+    if hf.get("model_type") != "perceiver":
+        raise ConfigError(f"{where}: model_type is {hf.get('model_type')!r}, not a transformers Perceiver "
+                          "('perceiver')")
+    architectures = hf.get("architectures") or []
+    known = [name for name in architectures if name in ARCHITECTURES]
+    if not known:
+        raise ConfigError(f"{where}: architectures {architectures} name no transformers Perceiver this port imports "
+                          f"yet; it imports {', '.join(ARCHITECTURES)}")
+    task, config, rules = ARCHITECTURES[known[0]]
+    try:
+        return task, config(hf), rules
+    except KeyError as missing:
+        raise ConfigError(f"{where}: the transformers config lacks {missing}") from None

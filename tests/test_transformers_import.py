@@ -1,0 +1,140 @@
+"""Weights in Hugging Face transformers' format imported into the port: a transformers Perceiver built at
+reduced size with random weights and saved with `save_pretrained` loads through `perceiver_io.load(folder)`
+and `convert-checkpoint`, every tensor used once, and computes what transformers computes where
+transformers is faithful to the official numerics (tanh GELU, no padding)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from converters.cli import main  # noqa: E402
+from perceiver_io.errors import CheckpointFormatError, ConfigError, MappingError  # noqa: E402
+from perceiver_io.serialization import load  # noqa: E402
+
+TOLERANCE = 1e-5
+"""Of the logits' scale: transformers and the port on the same weights, where both compute the same."""
+
+
+def language_model(hidden_act: str = "gelu_pytorch_tanh") -> torch.nn.Module:
+    """transformers' `PerceiverForMaskedLM` at reduced size, two blocks, widths of q/k and v apart, weights
+    drawn N(0, 0.3^2) (so that every layer matters), in eval mode."""
+    config = transformers.PerceiverConfig(
+        num_latents=16, d_latents=48, d_model=32, num_blocks=2, num_self_attends_per_block=3,
+        num_self_attention_heads=2, num_cross_attention_heads=2, qk_channels=16, v_channels=48,
+        max_position_embeddings=64, vocab_size=262, hidden_act=hidden_act, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.PerceiverForMaskedLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    return model
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(6, 262, (3, 64), generator=generator), torch.ones(3, 64, dtype=torch.long)
+
+
+@torch.inference_mode()
+def _relative_error(theirs: torch.nn.Module, ours: torch.nn.Module) -> float:
+    ids, mask = _inputs()
+    expected = theirs(inputs=ids, attention_mask=mask).logits
+    return float((ours(ids, mask) - expected).abs().max() / expected.abs().max())
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The tanh-GELU model and the folder `save_pretrained` wrote it to (model.safetensors)."""
+    model = language_model()
+    folder = tmp_path_factory.mktemp("language-perceiver")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_the_port_computes_what_transformers_computes_on_its_weights(saved):
+    model, folder = saved
+    ours = load(folder)
+    assert ours.task == "language_mlm" and ours.config.encoder.num_blocks == 2
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in model.parameters())
+    error = _relative_error(model, ours)
+    print(f"transformers (tanh GELU) vs the port on its weights: {error:.2e} of the logits' scale")
+    assert error <= TOLERANCE
+
+
+def test_transformers_exact_gelu_is_not_the_official_numerics(tmp_path):
+    """With transformers' default `hidden_act='gelu'` (exact erf) the outputs differ from the port's, which
+    keeps the official tanh approximation whatever the config says."""
+    model = language_model("gelu")
+    model.save_pretrained(tmp_path)
+    error = _relative_error(model, load(tmp_path))
+    print(f"transformers (exact GELU) vs the port: {error:.2e} of the logits' scale")
+    assert error > 2 * TOLERANCE
+
+
+def test_pickled_and_sharded_weights_and_the_command_line_give_the_same_model(saved, tmp_path, capsys):
+    model, folder = saved
+    pickled = tmp_path / "pickled"  # as transformers 4 and the Hub's older repositories hold weights
+    pickled.mkdir()
+    (pickled / "config.json").write_text((folder / "config.json").read_text())
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 1
+    converted = tmp_path / "language.safetensors"
+    assert main(["convert", str(folder), "-o", str(converted)]) == 0
+    assert "converted language_mlm from the transformers folder" in capsys.readouterr().out
+    reference = load(folder).state_dict()
+    for other in (load(pickled), load(sharded), load(converted)):
+        state = other.state_dict()
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[key], value) for key, value in reference.items())
+
+
+def _weights_without(folder, tmp_path, drop=None, extra=None):
+    """A copy of the folder whose weights lack `drop` and hold `extra`."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    (copy / "config.json").write_text((folder / "config.json").read_text())
+    tensors = load_file(folder / "model.safetensors")
+    tensors.pop(drop, None)
+    tensors.update(extra or {})
+    save_file(tensors, copy / "model.safetensors")
+    return copy
+
+
+@pytest.mark.parametrize("drop, extra, words", [
+    ("perceiver.decoder.decoding_cross_attention.attention.self.layernorm2.bias", None,
+     "missing ['perceiver.decoder.decoding_cross_attention.attention.self.layernorm2.bias'], unused []"),
+    (None, {"perceiver.stray.weight": torch.zeros(2)}, "missing [], unused ['perceiver.stray.weight']"),
+])
+def test_every_tensor_is_used_once_and_every_one_needed_is_there(saved, tmp_path, drop, extra, words):
+    _, folder = saved
+    with pytest.raises(MappingError) as error:
+        load(_weights_without(folder, tmp_path, drop, extra))
+    assert "its weights do not fit the language_mlm model its config.json describes" in str(error.value)
+    assert words in str(error.value)
+
+
+def test_a_transformers_model_not_imported_yet_is_named(saved, tmp_path):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["PerceiverForOpticalFlow"]}))
+    with pytest.raises(ConfigError, match=r"architectures \['PerceiverForOpticalFlow'\] name no transformers "
+                       r"Perceiver this port imports yet; it imports PerceiverForMaskedLM"):
+        load(tmp_path)
+    with pytest.raises(ConfigError, match="pass neither task= nor config="):
+        load(folder, task="language_mlm")
+
+
+def test_a_folder_with_a_config_and_no_weights_says_so(saved, tmp_path):
+    _, folder = saved
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(CheckpointFormatError, match="holds config.json but no weights"):
+        load(tmp_path)
