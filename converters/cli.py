@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="the Haiku checkpoint: .pickle/.pystate (released format) or "
-                        ".npz with flat module/leaf keys; or a transformers-format folder (config.json and weights)")
+                        ".npz with flat module/leaf keys; or a transformers-format folder (config.json and weights) "
+                        "or Hugging Face Hub id (owner/name)")
     parser.add_argument("-o", "--output", metavar="DST", required=True, help="the .safetensors file to write")
     parser.add_argument("--task", choices=TASK_CHOICES,
                         help=f"which model a Haiku checkpoint holds (ported to PyTorch: {', '.join(ported())}); a "
@@ -385,7 +386,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     output = _output_path(args.output, CONVERTED)
-    if Path(args.source).is_dir() and (Path(args.source) / "config.json").is_file():
+    from perceiver_io.hf_hub import is_repository_id
+
+    if is_repository_id(args.source) or (Path(args.source) / "config.json").is_file():
         return _convert_transformers(args, output)
     if args.task is None:
         raise ConfigError(f"--task is required for a Haiku checkpoint; one of {', '.join(TASKS)}")
@@ -395,7 +398,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _convert_transformers(args: argparse.Namespace, output: Path) -> int:
-    """A transformers-format folder, imported (`perceiver_io.load`) and saved as a converted file."""
+    """A transformers-format folder or Hub repository, imported (`perceiver_io.load`) and saved as a converted
+    file."""
     from perceiver_io.serialization import load, save
 
     if args.task or args.config:

@@ -23,6 +23,7 @@ from .checkpoint_file import (
 )
 from .configs import OfficialConfig
 from .errors import CheckpointFileError, ConfigError, InputError
+from .hf_hub import is_repository_id, repository_folder
 from .inputs import dtype_name
 from .placement import resolve_device, resolve_dtype
 from .registry import TASKS
@@ -68,6 +69,7 @@ def load(
     task: str | None = None,
     config: OfficialConfig | Mapping[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
 ) -> nn.Module:
     """A model in eval mode on `device` ('cpu', 'cuda', 'cuda:1', a torch.device), cast to `dtype` if given
     ('float32', 'bfloat16', 'float16', or the torch dtype), from any of:
@@ -80,11 +82,18 @@ def load(
     - a Hugging Face transformers-format folder (config.json with model.safetensors or pytorch_model.bin,
       as `save_pretrained` writes), its task and configuration read from config.json; the model computes
       with the official numerics, not transformers' (`perceiver_io.transformers_names`);
+    - a Hugging Face Hub repository id (`deepmind/language-perceiver`) at `revision` (default main), fetched
+      into huggingface_hub's own cache (`perceiver_io.hf_hub`; `HF_HUB_OFFLINE=1` keeps to the cache), then
+      imported as a folder;
     - an original Haiku checkpoint (any other file, e.g. `.pickle`, `.pystate`, `.npz`), converted in
       memory. It needs `task=`, and `config=` (official keys) unless it has the released configuration.
     """
     device = resolve_device(device)
     dtype = None if dtype is None else resolve_dtype(dtype)
+    if revision is not None and not (isinstance(name_or_path, str) and is_repository_id(name_or_path)):
+        raise ConfigError(f"revision= is for a Hugging Face Hub id; {name_or_path!r} is not one")
+    if isinstance(name_or_path, str) and name_or_path not in hub.RELEASES and is_repository_id(name_or_path):
+        name_or_path = repository_folder(name_or_path, revision)
     if isinstance(name_or_path, str) and name_or_path in hub.RELEASES:
         if task is not None or config is not None:
             raise ConfigError(f"the released checkpoint {name_or_path!r} has its own task and configuration; "

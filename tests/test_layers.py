@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "conversion": ("perceiver_io.checkpoint_file", "converters.haiku_pickle", "converters.convert", "converters.export",
                    "converters.synthetic", "converters.jax_reference", "converters.parity", "converters.comparison",
                    "converters.verify", "converters.transformers_import"),
-    "user-facing": ("perceiver_io.serialization", "perceiver_io.hub", "perceiver_io.images", "perceiver_io.pipelines",
+    "user-facing": ("perceiver_io.serialization", "perceiver_io.hub", "perceiver_io.hf_hub", "perceiver_io.images", "perceiver_io.pipelines",
                     "perceiver_io.flow", "converters.cli", "perceiver_io", "perceiver_io.__main__", "converters"),
 }
 """Bottom to top, each module by name; a package of SUBPACKAGES holds its submodules too."""
@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 SUBPACKAGES = ("converters.jax_reference",)
 
 TORCH_FREE = ("perceiver_io.registry", "perceiver_io.checkpoint_file", "perceiver_io.tokenizer", "perceiver_io.hub",
+              "perceiver_io.hf_hub",
               "converters.convert", "converters.haiku_pickle", "converters.synthetic")
 """Importing these (and the foundation and specification layers) loads neither torch nor jax: conversion
 needs numpy only."""

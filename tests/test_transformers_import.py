@@ -6,6 +6,10 @@ transformers is faithful to the official numerics (tanh GELU, no padding)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -138,3 +142,48 @@ def test_a_folder_with_a_config_and_no_weights_says_so(saved, tmp_path):
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(CheckpointFormatError, match="holds config.json but no weights"):
         load(tmp_path)
+
+
+def _prefilled_hub_cache(cache, repo_id: str, folder) -> None:
+    """huggingface_hub's cache as a download of `repo_id` leaves it: `refs/main` naming a commit, and that
+    commit's snapshot holding the folder's files."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repository = cache / f"models--{repo_id.replace('/', '--')}"
+    (repository / "refs").mkdir(parents=True)
+    (repository / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repository / "snapshots" / commit)
+
+
+def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(saved, tmp_path):
+    """`HF_HUB_OFFLINE=1` with a pre-filled cache: the id loads and converts, and the endpoint (a closed
+    port) is never asked; an id the cache lacks is one line naming it."""
+    model, folder = saved
+    cache = tmp_path / "hub"
+    _prefilled_hub_cache(cache, "deepmind/language-perceiver", folder)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    code = ("import perceiver_io\n"
+            "m = perceiver_io.load('deepmind/language-perceiver')\n"
+            "print(m.task, sum(p.numel() for p in m.parameters()))")
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["language_mlm", str(sum(p.numel() for p in model.parameters()))]
+
+    def convert(repo_id, output):
+        return subprocess.run([sys.executable, "-m", "perceiver_io", repo_id, "-o", str(output)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    converted = convert("deepmind/language-perceiver", tmp_path / "language.safetensors")
+    assert converted.returncode == 0, converted.stderr
+    assert load(tmp_path / "language.safetensors").task == "language_mlm"
+    missing = convert("deepmind/vision-perceiver-conv", tmp_path / "conv.safetensors")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "convert-checkpoint: error: deepmind/vision-perceiver-conv: HF_HUB_OFFLINE is set and the cache has no "
+        "copy of it; download it once online (hf download deepmind/vision-perceiver-conv)"]
+    assert not (tmp_path / "conv.safetensors").exists()
+
+
+def test_revision_is_only_for_a_hub_id(saved):
+    _, folder = saved
+    with pytest.raises(ConfigError, match="revision= is for a Hugging Face Hub id"):
+        load(folder, revision="main")
