@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .configs import LanguageConfig
+from .configs import ImageNetConfig, LanguageConfig
 from .errors import ConfigError
 
 
@@ -72,6 +72,45 @@ def language_mlm(config: LanguageConfig) -> list[NameRule]:
     ]
 
 
+def classification_decoder(prefix: str) -> list[NameRule]:
+    """transformers' `PerceiverClassificationDecoder` at `prefix`: its inner basic decoder's query table,
+    cross-attention and final Linear (the official `ClassificationDecoder`'s `basic_decoder`)."""
+    return [
+        NameRule(f"{prefix}.decoder.output_position_encodings.position_embeddings",
+                 "perceiver.decoder.basic_decoder.queries.position_encoding.embeddings"),
+        *block(CROSS_ATTENTION, f"{prefix}.decoder.decoding_cross_attention",
+               "perceiver.decoder.basic_decoder.cross_attention"),
+        *(NameRule(f"{prefix}.decoder.final_layer.{leaf}", f"perceiver.decoder.basic_decoder.output.{leaf}")
+          for leaf in ("weight", "bias")),
+    ]
+
+
+def imagenet_fourier(config: ImageNetConfig) -> list[NameRule]:
+    """transformers' `PerceiverForImageClassificationFourier`: pixels with Fourier positions (no
+    parameters), the encoder, a classification decoder."""
+    return [*encoder(config.encoder.num_self_attends_per_block), *classification_decoder("perceiver.decoder")]
+
+
+TRANSFORMERS_FOURIER_POSITIONS = {"num_bands": 64, "max_resolution": [224, 224], "concat_pos": True,
+                                  "sine_only": False}
+"""transformers' `PerceiverForImageClassificationFourier` fixes its input positions as the released model's,
+whatever its image size."""
+
+
+def imagenet_fourier_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ImageNet colab's Fourier configuration (official keys) of a transformers config."""
+    return {
+        "input_preprocessor": {"prep_type": "pixels", "spatial_downsample": 1, "position_encoding_type": "fourier",
+                               "fourier_position_encoding_kwargs": TRANSFORMERS_FOURIER_POSITIONS},
+        "encoder": encoder_config(hf),
+        "decoder": {"num_z_channels": hf["d_latents"], "position_encoding_type": "trainable",
+                    "trainable_position_encoding_kwargs": {"num_channels": hf["d_latents"]},
+                    "use_query_residual": True},
+        "num_classes": len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 2),
+        "image_size": [hf["image_size"], hf["image_size"]],
+    }
+
+
 def encoder_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The official `encoder_config` of a transformers `PerceiverConfig` (config.json fields)."""
     return {
@@ -119,7 +158,10 @@ def language_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-ARCHITECTURES = {"PerceiverForMaskedLM": ("language_mlm", language_config, language_mlm)}
+ARCHITECTURES = {
+    "PerceiverForMaskedLM": ("language_mlm", language_config, language_mlm),
+    "PerceiverForImageClassificationFourier": ("imagenet_fourier", imagenet_fourier_config, imagenet_fourier),
+}
 """transformers' model class (config.json `architectures`) -> (the port's task, its config in official keys,
 its name rules)."""
 

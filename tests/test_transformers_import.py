@@ -70,6 +70,30 @@ def test_the_port_computes_what_transformers_computes_on_its_weights(saved):
     assert error <= TOLERANCE
 
 
+def test_the_fourier_image_classifier_computes_what_transformers_computes(tmp_path):
+    """transformers' `PerceiverForImageClassificationFourier` (pixels, Fourier positions of the released
+    224x224 grid, a classification decoder with its query residual), reduced, imported: the same logits on
+    the same images (channels first there, last here)."""
+    config = transformers.PerceiverConfig(
+        num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=2,
+        num_cross_attention_heads=1, image_size=16, num_labels=10, hidden_act="gelu_pytorch_tanh",
+        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.PerceiverForImageClassificationFourier(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    model.save_pretrained(tmp_path)
+    ours = load(tmp_path)
+    assert ours.task == "imagenet_fourier" and ours.config.num_classes == 10
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(pixel_values=images).logits
+        error = float((ours(images.permute(0, 2, 3, 1).contiguous()) - expected).abs().max() / expected.abs().max())
+    print(f"transformers' Fourier classifier (tanh GELU) vs the port on its weights: {error:.2e} of the scale")
+    assert error <= TOLERANCE
+
+
 def test_transformers_exact_gelu_is_not_the_official_numerics(tmp_path):
     """With transformers' default `hidden_act='gelu'` (exact erf) the outputs differ from the port's, which
     keeps the official tanh approximation whatever the config says."""
@@ -131,7 +155,8 @@ def test_a_transformers_model_not_imported_yet_is_named(saved, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["PerceiverForOpticalFlow"]}))
     with pytest.raises(ConfigError, match=r"architectures \['PerceiverForOpticalFlow'\] name no transformers "
-                       r"Perceiver this port imports yet; it imports PerceiverForMaskedLM"):
+                       r"Perceiver this port imports yet; it imports PerceiverForMaskedLM, "
+                       r"PerceiverForImageClassificationFourier"):
         load(tmp_path)
     with pytest.raises(ConfigError, match="pass neither task= nor config="):
         load(folder, task="language_mlm")
