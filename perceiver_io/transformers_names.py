@@ -3,7 +3,7 @@ config.json <-> the port's configuration, as declarative rules per block. Torch-
 
 transformers' published weights were converted from the same Haiku checkpoints, so every tensor has a
 counterpart here. Their Linear weights are `[out, in]` like PyTorch's, so a name is all that changes for
-the language model. What transformers computes differently (its exact GELU, its LayerNorm epsilon, its
+the models imported so far (`ARCHITECTURES`). What transformers computes differently (its exact GELU, its LayerNorm epsilon, its
 masking) is not in the weights: a model imported here computes with the official numerics
 (docs/official-numerics.md), whatever transformers' config says of `hidden_act` or `layer_norm_eps`.
 """
