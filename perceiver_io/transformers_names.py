@@ -3,9 +3,10 @@ config.json <-> the port's configuration, as declarative rules per block. Torch-
 
 transformers' published weights were converted from the same Haiku checkpoints, so every tensor has a
 counterpart here. Their Linear weights are `[out, in]` like PyTorch's, so a name is all that changes for
-the models imported so far (`ARCHITECTURES`). What transformers computes differently (its exact GELU, its LayerNorm epsilon, its
-masking) is not in the weights: a model imported here computes with the official numerics
-(docs/official-numerics.md), whatever transformers' config says of `hidden_act` or `layer_norm_eps`.
+the models imported so far (`ARCHITECTURES`). What transformers computes differently (its exact GELU, its
+LayerNorm epsilon, its masking, the learned-position classifier's query residual) is not in the weights: a
+model imported here computes with the official numerics (docs/official-numerics.md), whatever
+transformers' config or classes say.
 """
 
 from __future__ import annotations
@@ -91,6 +92,33 @@ def imagenet_fourier(config: ImageNetConfig) -> list[NameRule]:
     return [*encoder(config.encoder.num_self_attends_per_block), *classification_decoder("perceiver.decoder")]
 
 
+def imagenet_learned(config: ImageNetConfig) -> list[NameRule]:
+    """transformers' `PerceiverForImageClassificationLearned`: a 1x1 convolution (`[out, in, 1, 1]` in both),
+    a learned position table with its projection, the encoder, a classification decoder."""
+    ours = "perceiver.input_preprocessor"
+    return [
+        *(NameRule(f"{ours}.convnet_1x1.{leaf}", f"{ours}.convnet_1x1.{leaf}") for leaf in ("weight", "bias")),
+        NameRule(f"{ours}.position_embeddings.position_embeddings",
+                 f"{ours}.network_inputs.position_encoding.base.embeddings"),
+        *(NameRule(f"{ours}.positions_projection.{leaf}", f"{ours}.network_inputs.position_encoding.linear.{leaf}")
+          for leaf in ("weight", "bias")),
+        *encoder(config.encoder.num_self_attends_per_block),
+        *classification_decoder("perceiver.decoder"),
+    ]
+
+
+def imagenet_learned_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ImageNet colab's learned-position configuration (official keys) of a transformers config. Its
+    decoder has no query residual, as the released model; transformers' class adds one whatever its config
+    (its departure, `tests/test_transformers_import.py` measures it)."""
+    return {
+        "input_preprocessor": {"prep_type": "conv1x1", "spatial_downsample": 1, "num_channels": 256,
+                               "position_encoding_type": "trainable", "concat_or_add_pos": "concat",
+                               "project_pos_dim": 256, "trainable_position_encoding_kwargs": {"num_channels": 256}},
+        **_classifier(hf, query_residual=False),
+    }
+
+
 TRANSFORMERS_FOURIER_POSITIONS = {"num_bands": 64, "max_resolution": [224, 224], "concat_pos": True,
                                   "sine_only": False}
 """transformers' `PerceiverForImageClassificationFourier` fixes its input positions as the released model's,
@@ -102,10 +130,17 @@ def imagenet_fourier_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "input_preprocessor": {"prep_type": "pixels", "spatial_downsample": 1, "position_encoding_type": "fourier",
                                "fourier_position_encoding_kwargs": TRANSFORMERS_FOURIER_POSITIONS},
+        **_classifier(hf, query_residual=True),
+    }
+
+
+def _classifier(hf: Mapping[str, Any], query_residual: bool) -> dict[str, Any]:
+    """The encoder, classification decoder, classes and image size of an ImageNet configuration."""
+    return {
         "encoder": encoder_config(hf),
         "decoder": {"num_z_channels": hf["d_latents"], "position_encoding_type": "trainable",
                     "trainable_position_encoding_kwargs": {"num_channels": hf["d_latents"]},
-                    "use_query_residual": True},
+                    "use_query_residual": query_residual},
         "num_classes": len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 2),
         "image_size": [hf["image_size"], hf["image_size"]],
     }
@@ -161,6 +196,7 @@ def language_config(hf: Mapping[str, Any]) -> dict[str, Any]:
 ARCHITECTURES = {
     "PerceiverForMaskedLM": ("language_mlm", language_config, language_mlm),
     "PerceiverForImageClassificationFourier": ("imagenet_fourier", imagenet_fourier_config, imagenet_fourier),
+    "PerceiverForImageClassificationLearned": ("imagenet_learned", imagenet_learned_config, imagenet_learned),
 }
 """transformers' model class (config.json `architectures`) -> (the port's task, its config in official keys,
 its name rules)."""

@@ -5,6 +5,7 @@ transformers is faithful to the official numerics (tanh GELU, no padding)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from converters.cli import main  # noqa: E402
 from perceiver_io.errors import CheckpointFormatError, ConfigError, MappingError  # noqa: E402
 from perceiver_io.serialization import load  # noqa: E402
+from perceiver_io.tasks import build_model  # noqa: E402
 
 TOLERANCE = 1e-5
 """Of the logits' scale: transformers and the port on the same weights, where both compute the same."""
@@ -70,28 +72,56 @@ def test_the_port_computes_what_transformers_computes_on_its_weights(saved):
     assert error <= TOLERANCE
 
 
-def test_the_fourier_image_classifier_computes_what_transformers_computes(tmp_path):
-    """transformers' `PerceiverForImageClassificationFourier` (pixels, Fourier positions of the released
-    224x224 grid, a classification decoder with its query residual), reduced, imported: the same logits on
-    the same images (channels first there, last here)."""
+def image_classifier(kind: str, folder) -> torch.nn.Module:
+    """transformers' `PerceiverForImageClassification{kind}` at reduced size (16x16 images, 10 classes),
+    weights drawn N(0, 0.3^2), saved to `folder`."""
     config = transformers.PerceiverConfig(
         num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=2,
         num_cross_attention_heads=1, image_size=16, num_labels=10, hidden_act="gelu_pytorch_tanh",
         attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    model = transformers.PerceiverForImageClassificationFourier(config).eval()
+    model = getattr(transformers, f"PerceiverForImageClassification{kind}")(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.3)
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(folder)
+    return model
+
+
+@torch.inference_mode()
+def _image_error(theirs: torch.nn.Module, ours: torch.nn.Module) -> float:
+    """The largest difference of the logits on the same images (channels first there, last here), relative
+    to their scale."""
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = theirs(pixel_values=images).logits
+    return float((ours(images.permute(0, 2, 3, 1).contiguous()) - expected).abs().max() / expected.abs().max())
+
+
+def test_the_fourier_image_classifier_computes_what_transformers_computes(tmp_path):
+    """`PerceiverForImageClassificationFourier`: pixels, Fourier positions of the released 224x224 grid, a
+    classification decoder with its query residual, as the official model."""
+    model = image_classifier("Fourier", tmp_path)
     ours = load(tmp_path)
     assert ours.task == "imagenet_fourier" and ours.config.num_classes == 10
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        expected = model(pixel_values=images).logits
-        error = float((ours(images.permute(0, 2, 3, 1).contiguous()) - expected).abs().max() / expected.abs().max())
+    error = _image_error(model, ours)
     print(f"transformers' Fourier classifier (tanh GELU) vs the port on its weights: {error:.2e} of the scale")
     assert error <= TOLERANCE
+
+
+def test_the_learned_position_classifier_keeps_the_official_decoder(tmp_path):
+    """`PerceiverForImageClassificationLearned`: a 1x1 convolution and projected learned positions. Its
+    weights map exactly (a port model given transformers' query residual computes transformers' logits), and
+    the imported model keeps the official decoder, without that residual."""
+    model = image_classifier("Learned", tmp_path)
+    ours = load(tmp_path)
+    assert ours.task == "imagenet_learned" and not ours.config.decoder.use_query_residual
+    decoder = dataclasses.replace(ours.config.decoder, use_query_residual=True)
+    as_transformers = build_model("imagenet_learned", dataclasses.replace(ours.config, decoder=decoder)).eval()
+    as_transformers.load_state_dict(ours.state_dict())
+    mapped, official = _image_error(model, as_transformers), _image_error(model, ours)
+    print(f"transformers' learned classifier vs the port with its residual: {mapped:.2e}; vs the official "
+          f"decoder: {official:.2e} of the scale")
+    assert mapped <= TOLERANCE and official > 100 * TOLERANCE
 
 
 def test_transformers_exact_gelu_is_not_the_official_numerics(tmp_path):
@@ -156,7 +186,7 @@ def test_a_transformers_model_not_imported_yet_is_named(saved, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["PerceiverForOpticalFlow"]}))
     with pytest.raises(ConfigError, match=r"architectures \['PerceiverForOpticalFlow'\] name no transformers "
                        r"Perceiver this port imports yet; it imports PerceiverForMaskedLM, "
-                       r"PerceiverForImageClassificationFourier"):
+                       r"PerceiverForImageClassificationFourier, PerceiverForImageClassificationLearned"):
         load(tmp_path)
     with pytest.raises(ConfigError, match="pass neither task= nor config="):
         load(folder, task="language_mlm")
