@@ -56,8 +56,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         return _safetensors(folder / SAFETENSORS_FILE)
     if (folder / SAFETENSORS_INDEX).is_file():
         index = _read_json(folder / SAFETENSORS_INDEX)
-        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
-        if not shards or any(Path(shard).name != shard for shard in shards):
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        names = list(weight_map.values()) if isinstance(weight_map, dict) else []
+        shards = sorted(set(names)) if all(isinstance(name, str) for name in names) else []
+        if not shards or any(Path(shard).name != shard or shard in (".", "..") for shard in shards):
             raise CheckpointFormatError(f"{folder / SAFETENSORS_INDEX} names no shards in this folder")
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
@@ -67,8 +69,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             tensors = torch.load(folder / PICKLE_FILE, map_location="cpu", weights_only=True)
         except Exception as error:  # torch's unpickler refuses anything but tensors and plain containers
-            raise CheckpointFormatError(f"{folder / PICKLE_FILE} is not a state_dict of tensors "
-                                        f"({type(error).__name__}: {error})") from None
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise CheckpointFormatError(f"{folder / PICKLE_FILE} is not a plain state_dict of tensors, and nothing "
+                                        f"in it was run ({first})") from None
         if not isinstance(tensors, dict) or not all(isinstance(value, torch.Tensor) for value in tensors.values()):
             raise CheckpointFormatError(f"{folder / PICKLE_FILE} is not a state_dict of tensors")
         return tensors

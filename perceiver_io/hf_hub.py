@@ -24,10 +24,11 @@ OFFLINE_VALUES = ("1", "on", "yes", "true")
 
 
 def is_repository_id(name: str | os.PathLike) -> bool:
-    """Whether `name` is a Hub repository id rather than a local path: `owner/name`, no file of that name
-    here, and no checkpoint file's suffix."""
+    """Whether `name` is a Hub repository id rather than a local path: `owner/name`, neither that path nor
+    its first folder here, and no checkpoint file's suffix."""
     text = os.fspath(name)
     return (isinstance(text, str) and REPOSITORY_ID.fullmatch(text) is not None and not Path(text).exists()
+            and not Path(text.partition("/")[0]).exists()  # a local folder: a path mistyped, not an id
             and not text.lower().endswith(CHECKPOINT_SUFFIXES))
 
 

@@ -93,6 +93,9 @@ def load(
     if revision is not None and not (isinstance(name_or_path, str) and is_repository_id(name_or_path)):
         raise ConfigError(f"revision= is for a Hugging Face Hub id; {name_or_path!r} is not one")
     if isinstance(name_or_path, str) and name_or_path not in hub.RELEASES and is_repository_id(name_or_path):
+        if task is not None or config is not None:
+            raise ConfigError(f"{name_or_path} is a Hugging Face Hub id: its config.json gives the task and "
+                              "configuration; pass neither task= nor config=")
         name_or_path = repository_folder(name_or_path, revision)
     if isinstance(name_or_path, str) and name_or_path in hub.RELEASES:
         if task is not None or config is not None:

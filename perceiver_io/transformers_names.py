@@ -131,6 +131,7 @@ def imagenet_fourier_config(hf: Mapping[str, Any]) -> dict[str, Any]:
         "input_preprocessor": {"prep_type": "pixels", "spatial_downsample": 1, "position_encoding_type": "fourier",
                                "fourier_position_encoding_kwargs": TRANSFORMERS_FOURIER_POSITIONS},
         **_classifier(hf, query_residual=True),
+        "image_size": TRANSFORMERS_FOURIER_POSITIONS["max_resolution"],  # transformers' class never reads its own
     }
 
 
@@ -142,7 +143,7 @@ def _classifier(hf: Mapping[str, Any], query_residual: bool) -> dict[str, Any]:
                     "trainable_position_encoding_kwargs": {"num_channels": hf["d_latents"]},
                     "use_query_residual": query_residual},
         "num_classes": len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 2),
-        "image_size": [hf["image_size"], hf["image_size"]],
+        "image_size": [hf["image_size"]] * 2 if isinstance(hf["image_size"], int) else hf["image_size"],
     }
 
 
@@ -202,12 +203,24 @@ ARCHITECTURES = {
 its name rules)."""
 
 
+GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "gelu_python_tanh",
+                    "gelu_accurate")
+"""transformers' names of the GELU forms: the official MLP's activation, computed here in its tanh form."""
+
+
 def transformers_model(hf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any], Any]:
     """(task, official config, rules function) of a transformers config.json's contents."""
+    if not isinstance(hf, Mapping):
+        raise ConfigError(f"{where}: expected a JSON object of transformers config fields, found {type(hf).__name__}")
     if hf.get("model_type") != "perceiver":
         raise ConfigError(f"{where}: model_type is {hf.get('model_type')!r}, not a transformers Perceiver "
                           "('perceiver')")
+    if hf.get("hidden_act", "gelu") not in GELU_ACTIVATIONS:
+        raise ConfigError(f"{where}: hidden_act {hf.get('hidden_act')!r} is not a GELU, the official models' "
+                          "activation; this port computes GELU only")
     architectures = hf.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
+        raise ConfigError(f"{where}: architectures must be a list of class names, found {architectures!r}"[:500])
     known = [name for name in architectures if name in ARCHITECTURES]
     if not known:
         raise ConfigError(f"{where}: architectures {architectures} name no transformers Perceiver this port imports "
@@ -217,3 +230,5 @@ def transformers_model(hf: Mapping[str, Any], where: str) -> tuple[str, dict[str
         return task, config(hf), rules
     except KeyError as missing:
         raise ConfigError(f"{where}: the transformers config lacks {missing}") from None
+    except (TypeError, AttributeError, ValueError) as error:
+        raise ConfigError(f"{where}: a field of the transformers config has the wrong type ({error})"[:500]) from None

@@ -26,13 +26,14 @@ TOLERANCE = 1e-5
 """Of the logits' scale: transformers and the port on the same weights, where both compute the same."""
 
 
-def language_model(hidden_act: str = "gelu_pytorch_tanh") -> torch.nn.Module:
+def language_model(hidden_act: str = "gelu_pytorch_tanh", **options) -> torch.nn.Module:
     """transformers' `PerceiverForMaskedLM` at reduced size, two blocks, widths of q/k and v apart, weights
-    drawn N(0, 0.3^2) (so that every layer matters), in eval mode."""
+    drawn N(0, 0.3^2) (so that every layer matters), in eval mode; `options` are other config fields."""
     config = transformers.PerceiverConfig(
         num_latents=16, d_latents=48, d_model=32, num_blocks=2, num_self_attends_per_block=3,
         num_self_attention_heads=2, num_cross_attention_heads=2, qk_channels=16, v_channels=48,
-        max_position_embeddings=64, vocab_size=262, hidden_act=hidden_act, attention_probs_dropout_prob=0.0)
+        max_position_embeddings=64, vocab_size=262, hidden_act=hidden_act, attention_probs_dropout_prob=0.0,
+        **options)
     torch.manual_seed(0)
     model = transformers.PerceiverForMaskedLM(config).eval()
     with torch.no_grad():
@@ -72,12 +73,12 @@ def test_the_port_computes_what_transformers_computes_on_its_weights(saved):
     assert error <= TOLERANCE
 
 
-def image_classifier(kind: str, folder) -> torch.nn.Module:
+def image_classifier(kind: str, folder, image_size: int = 16) -> torch.nn.Module:
     """transformers' `PerceiverForImageClassification{kind}` at reduced size (16x16 images, 10 classes),
     weights drawn N(0, 0.3^2), saved to `folder`."""
     config = transformers.PerceiverConfig(
         num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=2,
-        num_cross_attention_heads=1, image_size=16, num_labels=10, hidden_act="gelu_pytorch_tanh",
+        num_cross_attention_heads=1, image_size=image_size, num_labels=10, hidden_act="gelu_pytorch_tanh",
         attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     model = getattr(transformers, f"PerceiverForImageClassification{kind}")(config).eval()
@@ -100,9 +101,10 @@ def _image_error(theirs: torch.nn.Module, ours: torch.nn.Module) -> float:
 def test_the_fourier_image_classifier_computes_what_transformers_computes(tmp_path):
     """`PerceiverForImageClassificationFourier`: pixels, Fourier positions of the released 224x224 grid, a
     classification decoder with its query residual, as the official model."""
-    model = image_classifier("Fourier", tmp_path)
+    model = image_classifier("Fourier", tmp_path, image_size=56)  # transformers' default, which its class ignores
     ours = load(tmp_path)
     assert ours.task == "imagenet_fourier" and ours.config.num_classes == 10
+    assert ours.config.image_size == (224, 224)  # the size of its positions, which classify_image resizes to
     error = _image_error(model, ours)
     print(f"transformers' Fourier classifier (tanh GELU) vs the port on its weights: {error:.2e} of the scale")
     assert error <= TOLERANCE
@@ -122,6 +124,19 @@ def test_the_learned_position_classifier_keeps_the_official_decoder(tmp_path):
     print(f"transformers' learned classifier vs the port with its residual: {mapped:.2e}; vs the official "
           f"decoder: {official:.2e} of the scale")
     assert mapped <= TOLERANCE and official > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("options", [
+    {"use_query_residual": False},
+    {"cross_attention_shape_for_attention": "q"},
+    {"cross_attention_widening_factor": 2, "self_attention_widening_factor": 3},
+])
+def test_the_encoders_options_are_imported(tmp_path, options):
+    model = language_model(**options)
+    model.save_pretrained(tmp_path)
+    error = _relative_error(model, load(tmp_path))
+    print(f"{options}: {error:.2e}")
+    assert error <= TOLERANCE
 
 
 def test_transformers_exact_gelu_is_not_the_official_numerics(tmp_path):
@@ -192,6 +207,25 @@ def test_a_transformers_model_not_imported_yet_is_named(saved, tmp_path):
         load(folder, task="language_mlm")
 
 
+@pytest.mark.parametrize("change, words", [
+    ({"hidden_act": "relu"}, "hidden_act 'relu' is not a GELU"),
+    ({"architectures": [["PerceiverForMaskedLM"]]}, "architectures must be a list of class names"),
+    ({"d_model": None}, r"language_mlm.D_MODEL: expected an integer in \[1, 16777216\], found None"),
+    ({"architectures": ["PerceiverForImageClassificationFourier"], "id2label": 5},
+     "a field of the transformers config has the wrong type"),
+])
+def test_a_config_json_this_port_cannot_compute_is_one_line(saved, tmp_path, change, words):
+    model, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    shutil.copy(folder / "model.safetensors", tmp_path)
+    with pytest.raises(ConfigError, match=words):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object of transformers config fields, found list"):
+        load(tmp_path)
+
+
 def test_a_folder_with_a_config_and_no_weights_says_so(saved, tmp_path):
     _, folder = saved
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
@@ -199,14 +233,16 @@ def test_a_folder_with_a_config_and_no_weights_says_so(saved, tmp_path):
         load(tmp_path)
 
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 def _prefilled_hub_cache(cache, repo_id: str, folder) -> None:
     """huggingface_hub's cache as a download of `repo_id` leaves it: `refs/main` naming a commit, and that
     commit's snapshot holding the folder's files."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
     repository = cache / f"models--{repo_id.replace('/', '--')}"
     (repository / "refs").mkdir(parents=True)
-    (repository / "refs" / "main").write_text(commit)
-    shutil.copytree(folder, repository / "snapshots" / commit)
+    (repository / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(folder, repository / "snapshots" / COMMIT)
 
 
 def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(saved, tmp_path):
@@ -215,13 +251,18 @@ def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(saved, tmp_path):
     model, folder = saved
     cache = tmp_path / "hub"
     _prefilled_hub_cache(cache, "deepmind/language-perceiver", folder)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    code = ("import perceiver_io\n"
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("import os, perceiver_io\n"
+            "os.environ['HF_HUB_OFFLINE'] = '1'  # set after the imports: read at each call\n"
             "m = perceiver_io.load('deepmind/language-perceiver')\n"
-            "print(m.task, sum(p.numel() for p in m.parameters()))")
+            f"again = perceiver_io.load('deepmind/language-perceiver', revision='{COMMIT}')\n"
+            "print(m.task, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in again.parameters()))")
     loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split() == ["language_mlm", str(sum(p.numel() for p in model.parameters()))]
+    count = str(sum(p.numel() for p in model.parameters()))
+    assert loaded.stdout.split() == ["language_mlm", count, count]
+    env["HF_HUB_OFFLINE"] = "1"
 
     def convert(repo_id, output):
         return subprocess.run([sys.executable, "-m", "perceiver_io", repo_id, "-o", str(output)], env=env,
