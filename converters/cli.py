@@ -386,9 +386,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     output = _output_path(args.output, CONVERTED)
-    from perceiver_io.hf_hub import is_repository_id
+    from perceiver_io.hf_hub import is_repository_id, is_transformers_folder
 
-    if is_repository_id(args.source) or (Path(args.source) / "config.json").is_file():
+    if is_repository_id(args.source) or is_transformers_folder(args.source):
         return _convert_transformers(args, output)
     if args.task is None:
         raise ConfigError(f"--task is required for a Haiku checkpoint; one of {', '.join(TASKS)}")

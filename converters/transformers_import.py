@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from perceiver_io.configs import OfficialConfig
-from perceiver_io.errors import CheckpointFormatError, ConfigError, MappingError
+from perceiver_io.errors import CheckpointFormatError, ConfigError, MappingError, one_line
 from perceiver_io.registry import parse_config
 from perceiver_io.transformers_names import transformers_model
 
@@ -27,10 +27,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 MAX_CONFIG_BYTES = 1 << 20
 """A transformers config.json is a few KB; anything over a MiB is not one."""
-
-
-def is_transformers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
 def _read_json(path: Path) -> Any:
@@ -69,9 +65,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             tensors = torch.load(folder / PICKLE_FILE, map_location="cpu", weights_only=True)
         except Exception as error:  # torch's unpickler refuses anything but tensors and plain containers
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise CheckpointFormatError(f"{folder / PICKLE_FILE} is not a plain state_dict of tensors, and nothing "
-                                        f"in it was run ({first})") from None
+                                        f"in it was run ({one_line(error)})") from None
         if not isinstance(tensors, dict) or not all(isinstance(value, torch.Tensor) for value in tensors.values()):
             raise CheckpointFormatError(f"{folder / PICKLE_FILE} is not a state_dict of tensors")
         return tensors

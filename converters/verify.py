@@ -40,7 +40,7 @@ from torch import nn
 
 from perceiver_io.atomic import atomic_output
 from perceiver_io.configs import OfficialConfig
-from perceiver_io.errors import ConfigError
+from perceiver_io.errors import ConfigError, one_line
 from perceiver_io.inputs import dtype_name
 from perceiver_io.registry import get_task, parse_config
 from perceiver_io.task_inputs import first_chunk, fits_layout, layout_text
@@ -242,7 +242,7 @@ def load_haiku_function(spec: str):
     try:
         module = _import_file(Path(module_name)) if is_file else importlib.import_module(module_name)
     except (Exception, SystemExit) as error:  # the user's module failed to import, or exited
-        raise ConfigError(f"--haiku-fn {spec}: importing {module_name} failed: {_one_line(error)}") from None
+        raise ConfigError(f"--haiku-fn {spec}: importing {module_name} failed: {one_line(error)}") from None
     finally:
         sys.path[:] = saved_path
     function = getattr(module, function_name, None)
@@ -286,20 +286,13 @@ def run_haiku_function(spec: str, checkpoint: HaikuCheckpoint, task: str,
             out, _ = hk.transform_with_state(function).apply(
                 checkpoint.params, checkpoint.state, jax.random.PRNGKey(0), **arguments)
         except Exception as error:  # the user's code failed on this checkpoint or these inputs
-            raise ConfigError(f"--haiku-fn {spec} failed on the checkpoint and inputs: {_one_line(error)}") from None
+            raise ConfigError(f"--haiku-fn {spec} failed on the checkpoint and inputs: {one_line(error)}") from None
     if not isinstance(out, Mapping) and not hasattr(out, "shape"):
         raise ConfigError(f"--haiku-fn {spec} returned a {type(out).__name__}; return the output array, or a "
                           "mapping of the outputs by name")
     stages = {name: np.asarray(value) for name, value in flatten({"out": out}).items()}
     origin = f"your Haiku function {spec} run now (jax {jax.__version__}, dm-haiku {hk.__version__}, float32 on CPU)"
     return Reference(task, reference_config(task, config), dict(inputs), stages, origin)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as `Type: first line of its message`, cut at 300 characters."""
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def load_reference(path: str | Path) -> Reference:

@@ -60,3 +60,11 @@ class DownloadError(PerceiverIOError, OSError):
 
 class ChecksumError(DownloadError):
     """A downloaded or cached file does not have the sha256 it must have."""
+
+
+def one_line(error: BaseException) -> str:
+    """Another library's exception, for one of ours: `Type: first line of its message`, cut at 300
+    characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,9 +1,10 @@
-"""Perceiver weights on the Hugging Face Hub (`deepmind/language-perceiver`, ...): a repository id as the
-local transformers-format folder that `huggingface_hub` keeps in its own cache, with its revisions and its
-offline switch (`HF_HUB_OFFLINE=1`: the cache only, never the network).
+"""Perceiver weights from Hugging Face: what is a transformers-format folder, and a Hub repository id
+(`deepmind/language-perceiver`, ...) as the local transformers-format folder that `huggingface_hub` keeps
+in its own cache, with its revisions and its offline switch (`HF_HUB_OFFLINE=1`: the cache only, never the
+network).
 
 huggingface_hub does the downloading, caching and revision handling; this module only decides what is a
-repository id and names what went wrong in one line.
+folder or a repository id and names what went wrong in one line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import DownloadError
+from .errors import DownloadError, one_line
 
 REPOSITORY_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 """A Hub model id, `owner/name`."""
@@ -21,6 +22,11 @@ WEIGHT_PATTERNS = ["config.json", "model.safetensors", "model.safetensors.index.
                    "pytorch_model.bin"]
 """What is fetched of a repository: its config and weights, not its other files."""
 OFFLINE_VALUES = ("1", "on", "yes", "true")
+
+
+def is_transformers_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder in transformers' format: one holding a config.json."""
+    return (Path(path) / "config.json").is_file()
 
 
 def is_repository_id(name: str | os.PathLike) -> bool:
@@ -55,5 +61,4 @@ def repository_folder(repo_id: str, revision: str | None = None) -> Path:
         raise DownloadError(f"{repo_id}{'@' + revision if revision else ''}: {where} has no copy of it; "
                             "download it once online (hf download " + repo_id + ")") from None
     except (HfHubHTTPError, HFValidationError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DownloadError(f"{repo_id}: the Hugging Face Hub refused it ({first[:300]})") from None
+        raise DownloadError(f"{repo_id}: the Hugging Face Hub refused it ({one_line(error)})") from None

@@ -23,7 +23,7 @@ from .checkpoint_file import (
 )
 from .configs import OfficialConfig
 from .errors import CheckpointFileError, ConfigError, InputError
-from .hf_hub import is_repository_id, repository_folder
+from .hf_hub import is_repository_id, is_transformers_folder, repository_folder
 from .inputs import dtype_name
 from .placement import resolve_device, resolve_dtype
 from .registry import TASKS
@@ -103,7 +103,7 @@ def load(
                               "pass neither task= nor config=")
         name_or_path = hub.download_converted(name_or_path, cache_dir=cache_dir)
     path = Path(name_or_path)
-    if path.is_dir() and (path / "config.json").is_file():
+    if is_transformers_folder(path):
         if task is not None or config is not None:
             raise ConfigError(f"{path} is a transformers-format folder: its config.json gives the task and "
                               "configuration; pass neither task= nor config=")
